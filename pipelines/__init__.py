@@ -1,0 +1,17 @@
+"""The model side of bertstream: encode texts, run task heads, train and evaluate.
+
+Never imports the transport (faust, aiokafka, kafka, redis): the worker calls in through
+`Classifier.predict` (texts in, per-task results out).
+"""
+from typing import Any
+
+__all__ = ["Classifier", "Prediction"]
+
+
+def __getattr__(name: str) -> Any:
+    # Lazy, so that `bertstream --help` does not pay for importing torch.
+    if name in __all__:
+        from pipelines import classifier
+
+        return getattr(classifier, name)
+    raise AttributeError(name)

@@ -1,0 +1,84 @@
+"""The one interface the worker calls: texts in, per-task results out."""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from pipelines.encoder import Encoder
+from pipelines.heads import Head, load_head
+from pipelines.registry import ModelNotFoundError, resolve_head_dir, task_name
+
+TaskResult = dict[str, Any]  # {"label": str, "score": float, "scores": {label: prob}}
+
+
+@dataclass
+class Prediction:
+    results: dict[str, TaskResult]
+    truncated: bool
+
+
+class Classifier:
+    """One shared encoder pass feeds every head."""
+
+    def __init__(self, encoder: Encoder, heads: dict[str, Head], head_versions: dict[str, str] | None = None) -> None:
+        if not heads:
+            raise ModelNotFoundError("no heads configured")
+        for name, head in heads.items():
+            if head.spec.input_dim != encoder.hidden_size:
+                raise ModelNotFoundError(
+                    f"head {name!r} expects {head.spec.input_dim}-dim features but the encoder gives {encoder.hidden_size}: "
+                    "train it on this model with `bertstream train`"
+                )
+        self.encoder = encoder
+        self.heads = heads
+        self.layers = tuple(sorted({layer for h in heads.values() for layer in h.spec.layers}))
+        versions = head_versions or {name: "in-memory" for name in heads}
+        self._versions = versions
+
+    @classmethod
+    def load(cls, encoder: Encoder, head_names: list[str]) -> "Classifier":
+        heads: dict[str, Head] = {}
+        versions: dict[str, str] = {}
+        for name in head_names:
+            directory = resolve_head_dir(name)
+            head, version = load_head(directory)
+            task = task_name(name)
+            heads[task] = head
+            versions[task] = version
+        return cls(encoder, heads, versions)
+
+    @property
+    def labels(self) -> dict[str, list[str]]:
+        return {name: list(h.spec.labels) for name, h in self.heads.items()}
+
+    def version(self, tasks: list[str] | None = None) -> str:
+        """A content hash of the encoder weights and the heads used: in every output and cache key."""
+        tasks = sorted(tasks or self.heads)
+        parts = [self.encoder.version] + [f"{t}={self._versions[t]}" for t in tasks]
+        return hashlib.sha256("|".join(parts).encode()).hexdigest()[:12]
+
+    def predict(self, texts: list[str], tasks: list[str] | None = None) -> list[Prediction]:
+        tasks = tasks or list(self.heads)
+        unknown = [t for t in tasks if t not in self.heads]
+        if unknown:
+            raise KeyError(f"unknown heads {unknown}; loaded: {sorted(self.heads)}")
+        if not texts:
+            return []
+        encoded = self.encoder.encode(texts, self.layers)
+        out = [Prediction({}, truncated) for truncated in encoded.truncated]
+        with torch.inference_mode():
+            for task in tasks:
+                head = self.heads[task]
+                probs = torch.softmax(head.predict_features(encoded.features, texts), dim=1)
+                best = probs.argmax(dim=1)
+                labels = head.spec.labels
+                for i, (row, top) in enumerate(zip(probs.tolist(), best.tolist())):
+                    out[i].results[task] = {
+                        "label": labels[top],
+                        "score": round(row[top], 6),
+                        "scores": {label: round(p, 6) for label, p in zip(labels, row)},
+                    }
+        return out

