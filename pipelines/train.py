@@ -190,7 +190,7 @@ def fit_head(
             loss.backward()
             optim.step()
             sched.step()
-            running += float(loss) * len(idx)
+            running += float(loss.detach()) * len(idx)
             seen += len(idx)
         head.eval()
         with torch.no_grad():

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import json
+import math
 import unicodedata
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -55,6 +56,14 @@ def _reject_constant(name: str) -> None:
     raise DecodeError("invalid_json", f"{name} is not valid JSON")
 
 
+def _parse_float(literal: str) -> float:
+    value = float(literal)
+    if math.isinf(value):
+        # 1e999 parses to inf, which json.dumps would write back as the non-JSON `Infinity`.
+        raise DecodeError("invalid_json", f"number {literal[:40]} is out of range")
+    return value
+
+
 def _depth(value: Any, limit: int) -> int:
     stack = [(value, 1)]
     deepest = 0
@@ -87,13 +96,17 @@ def decode(raw: bytes | None, source: Source, max_bytes: int = 1_000_000) -> Inp
     except UnicodeDecodeError as exc:
         raise DecodeError("not_utf8", f"invalid UTF-8 at byte {exc.start}") from None
     try:
-        doc = json.loads(body, object_pairs_hook=_reject_duplicates, parse_constant=_reject_constant)
+        doc = json.loads(
+            body, object_pairs_hook=_reject_duplicates, parse_constant=_reject_constant, parse_float=_parse_float
+        )
     except DecodeError:
         raise
     except RecursionError:
         raise DecodeError("nesting_too_deep", f"JSON nested deeper than {MAX_DEPTH} levels") from None
     except json.JSONDecodeError as exc:
         raise DecodeError("invalid_json", f"{exc.msg} at line {exc.lineno} column {exc.colno}") from None
+    except ValueError as exc:  # e.g. an integer over Python's 4300-digit conversion limit
+        raise DecodeError("invalid_json", str(exc).split(":")[0]) from None
     if not isinstance(doc, dict):
         raise DecodeError("not_object", f"the event is a JSON {type(doc).__name__}, not an object")
     if _depth(doc, MAX_DEPTH) > MAX_DEPTH:

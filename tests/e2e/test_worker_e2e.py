@@ -1,0 +1,139 @@
+"""The real worker process, the real default model and heads, a real broker and a real Redis."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+import urllib.request
+import uuid
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+from kafka import KafkaConsumer, KafkaProducer
+
+from pipelines.heads import load_head
+from pipelines.registry import resolve_head_dir
+from worker.codec import raw_bytes
+from worker.procutil import free_port, log_tail, stop_process_group
+from worker.runner import start_worker_process, wait_ready
+
+pytestmark = [pytest.mark.e2e, pytest.mark.integration]
+
+DEMO = Path(__file__).resolve().parents[2] / "worker" / "demo_data"
+HEADS = ["email_topic", "spam", "sentiment"]
+MALFORMED = [b'{"text": "unterminated', b'["not", "an", "object"]', b'{"id": "x1"}', b'{"text": ""}',
+             b'{"text": 42}', b"\xff\xfe not utf-8", b'{"text": "   "}']
+CLEAR_SPAM = ("WINNER!! You have been selected to receive a 900 pound prize reward! To claim call 09061701461 "
+              "now. Claim code KL341. Valid 12 hours only.")
+CLEAR_POSITIVE = "Thank you so much, the party was wonderful and we loved every minute of it!"
+
+
+@pytest.fixture(scope="module")
+def worker(kafka_bootstrap: str, redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    run = uuid.uuid4().hex[:8]
+    topics = {k: f"e2e-{run}-{k}" for k in ("in", "out", "spam", "dead")}
+    tmp = tmp_path_factory.mktemp("e2e")
+    pipelines_file = tmp / "pipelines.toml"
+    pipelines_file.write_text(
+        f'[pipelines.e2e]\ninput = "{topics["in"]}"\noutput = "{topics["out"]}"\ndead_letter = "{topics["dead"]}"\n'
+        f"heads = {json.dumps(HEADS)}\n"
+        f'routes = [{{ head = "spam", label = "spam", topic = "{topics["spam"]}" }}]\n'
+    )
+    port = free_port()
+    env = {**os.environ, "BERTSTREAM_KAFKA_BROKERS": kafka_bootstrap, "BERTSTREAM_REDIS_URL": redis_url,
+           "BERTSTREAM_PIPELINES_FILE": str(pipelines_file), "BERTSTREAM_GROUP_ID": f"e2e-{run}",
+           "BERTSTREAM_WEB_PORT": str(port), "BERTSTREAM_SESSION_TIMEOUT_S": "6", "BERTSTREAM_LOG_FORMAT": "json",
+           "BERTSTREAM_KAFKA_PARTITIONS": "2"}
+    log = tmp / "worker.log"
+    proc = start_worker_process(env, ["e2e"], log)
+    try:
+        wait_ready(proc, port, log, timeout_s=300)
+        yield {"proc": proc, "port": port, "topics": topics, "log": log, "bootstrap": kafka_bootstrap}
+    finally:
+        stop_process_group(proc, 30)
+
+
+def _produce(bootstrap: str, topic: str, values: list[bytes]) -> list[tuple[str, int, int]]:
+    producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all")
+    futures = [producer.send(topic, v) for v in values]
+    producer.flush()
+    meta = [f.get(timeout=30) for f in futures]
+    producer.close()
+    return [(m.topic, m.partition, m.offset) for m in meta]
+
+
+def _consume(bootstrap: str, topics: list[str], want: int, timeout_s: float = 240) -> list[tuple[str, dict[str, Any]]]:
+    consumer = KafkaConsumer(*topics, bootstrap_servers=bootstrap, group_id=f"reader-{uuid.uuid4().hex[:6]}",
+                             auto_offset_reset="earliest", session_timeout_ms=6000, heartbeat_interval_ms=1000)
+    got: list[tuple[str, dict[str, Any]]] = []
+    deadline = time.monotonic() + timeout_s
+    try:
+        while len(got) < want and time.monotonic() < deadline:
+            for tp, records in consumer.poll(timeout_ms=500).items():
+                got += [(tp.topic, json.loads(r.value)) for r in records]
+    finally:
+        consumer.close()
+    return got
+
+
+def _texts(n: int) -> list[str]:
+    lines = [json.loads(line)["text"] for line in (DEMO / "email.jsonl").read_text().splitlines() if line.strip()]
+    return [CLEAR_SPAM, CLEAR_POSITIVE] + lines[: n - 2]
+
+
+def test_events_classified_dead_lettered_and_cached(worker: dict[str, Any]) -> None:
+    t, bootstrap = worker["topics"], worker["bootstrap"]
+    labels = {name: load_head(resolve_head_dir(name))[0].spec.labels for name in HEADS}
+    texts = _texts(40)
+    first = [json.dumps({"id": f"a-{i}", "text": x, "metadata": {"n": i}}).encode() for i, x in enumerate(texts)]
+    sources = _produce(bootstrap, t["in"], first + MALFORMED)
+    bad_sources = {s: raw for s, raw in zip(sources[len(first):], MALFORMED)}
+
+    got = _consume(bootstrap, [t["out"], t["spam"], t["dead"]], len(first) + len(MALFORMED))
+    outputs = {doc["id"]: (topic, doc) for topic, doc in got if topic != t["dead"]}
+    dead = [doc for topic, doc in got if topic == t["dead"]]
+    assert set(outputs) == {f"a-{i}" for i in range(len(texts))}, log_tail(worker["log"])
+    for topic, doc in outputs.values():
+        assert set(doc) >= {"id", "results", "model", "cached", "source", "metadata", "latency_ms", "truncated"}
+        assert set(doc["results"]) == set(HEADS)
+        for task, result in doc["results"].items():
+            assert result["label"] in labels[task]
+            assert set(result["scores"]) == set(labels[task])
+            assert abs(sum(result["scores"].values()) - 1) < 1e-3
+        assert doc["cached"] is False
+        assert (topic == t["spam"]) == (doc["results"]["spam"]["label"] == "spam")
+        assert doc["model"]["version"] and doc["model"]["name"]
+    assert outputs["a-0"][1]["results"]["spam"]["label"] == "spam"
+    assert outputs["a-0"][0] == t["spam"]
+    assert outputs["a-1"][1]["results"]["spam"]["label"] == "ham"
+    assert outputs["a-1"][1]["results"]["sentiment"]["label"] == "positive"
+    assert outputs["a-5"][1]["metadata"] == {"n": 5}
+
+    assert len(dead) == len(MALFORMED)
+    for doc in dead:
+        src = (doc["source"]["topic"], doc["source"]["partition"], doc["source"]["offset"])
+        assert raw_bytes(doc) == bad_sources[src]
+        assert doc["error"] and doc["detail"]
+
+    # A second pass of the same texts is served from Redis.
+    second = [json.dumps({"id": f"b-{i}", "text": x}).encode() for i, x in enumerate(texts)]
+    _produce(bootstrap, t["in"], second)
+    got = _consume(bootstrap, [t["out"], t["spam"]], 2 * len(texts))
+    again = {doc["id"]: doc for _, doc in got if doc["id"].startswith("b-")}
+    assert len(again) == len(texts)
+    assert all(doc["cached"] for doc in again.values())
+    for i in range(len(texts)):
+        assert again[f"b-{i}"]["results"] == outputs[f"a-{i}"][1]["results"]
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{worker['port']}/metrics", timeout=5) as resp:
+        body = resp.read().decode()
+    assert 'bertstream_events_in_total{pipeline="e2e"}' in body
+    assert 'bertstream_cache_hits_total{pipeline="e2e"} 40.0' in body
+
+
+def test_sigterm_stops_cleanly(worker: dict[str, Any]) -> None:
+    proc = worker["proc"]
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=60) == 0, log_tail(worker["log"])
