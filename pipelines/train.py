@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 from pipelines.datasets import Dataset, Example, load, read_labelled_file
 from pipelines.encoder import Encoder
 from pipelines.features import cached_features, select_layers
-from pipelines.heads import Head, HeadSpec, save_head
+from pipelines.heads import Head, HeadSpec, load_head, save_head
 
 
 @dataclass
@@ -234,6 +234,7 @@ def train_heads(
     progress: bool = True,
     use_cache: bool = True,
     command: str | None = None,
+    half: bool = False,
 ) -> Head:
     """Mode "heads": features from the frozen encoder (cached), a Head trained and saved."""
     name = name or Path(out_dir).name
@@ -290,7 +291,14 @@ def train_heads(
         "command": command or "",
     }
     head.spec.metrics = metrics
-    save_head(head, Path(out_dir))
+    save_head(head, Path(out_dir), half=half)
+    if half:  # the metrics above must describe the stored (rounded) weights
+        head, _ = load_head(Path(out_dir))
+        if data.test:
+            with torch.no_grad():
+                pred = head.predict_features(select_layers(tfeats, head.spec.layers, encoder.num_layers), test_texts).argmax(dim=1).tolist()
+            head.spec.metrics["test"] = summary_metrics([y_test[i] for i in keep], [pred[i] for i in keep], len(data.labels))
+            save_head(head, Path(out_dir), half=True)
     return head
 
 

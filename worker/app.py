@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import asyncio
+import time
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -21,6 +23,7 @@ from worker.processor import BatchProcessor, Outgoing, Record
 log = structlog.get_logger(__name__)
 
 SEND_RETRY_S = 1.0
+MAX_IN_FLIGHT = 2  # one batch delivering while the next one is classified
 
 
 def _credentials(settings: Settings) -> Any:
@@ -83,43 +86,87 @@ class WorkerApp:
         settings = self.settings
 
         async def agent(stream: faust.StreamT) -> None:
-            async for events in stream.noack_take(settings.batch_size, within=settings.batch_window_s):
-                records = [
-                    Record(
-                        raw=e.message.value,
-                        key=e.message.key,
-                        source=Source(e.message.topic, e.message.partition, e.message.offset),
-                        timestamp_ms=e.message.timestamp * 1000 if e.message.timestamp else None,
-                    )
-                    for e in events
-                ]
-                with metrics.BATCH_SECONDS.labels(pipeline.name).time():
-                    outgoing = await processor.process(records)
-                    await self._deliver(pipeline, outgoing)
-                # Ack only after every output of the batch is confirmed by the broker.
-                for event in events:
-                    await stream.ack(event)
-                self.batches_done += 1
+            in_flight: deque[asyncio.Task[None]] = deque()
+            previous: asyncio.Event | None = None
+            try:
+                async for events in stream.noack_take(settings.batch_size, within=settings.batch_window_s):
+                    enqueued = asyncio.Event()
+                    in_flight.append(asyncio.ensure_future(self._handle(stream, processor, events, previous, enqueued)))
+                    previous = enqueued
+                    # Backpressure: while MAX_IN_FLIGHT batches are in flight, take no more (Faust's
+                    # buffer fills and the consumer pauses). A stop never cancels a batch: see finally.
+                    while in_flight and (in_flight[0].done() or len(in_flight) >= MAX_IN_FLIGHT):
+                        await asyncio.shield(in_flight.popleft())
+            finally:
+                if in_flight:
+                    await asyncio.wait(in_flight, timeout=settings.shutdown_grace_s)
 
         agent.__name__ = f"pipeline_{pipeline.name}"
         self.app.agent(self._topic(pipeline.input), name=f"bertstream.{pipeline.name}")(agent)
 
-    async def _deliver(self, pipeline: Pipeline, outgoing: list[Outgoing]) -> None:
-        """Produce the whole batch pipelined, then wait for every delivery; retry until it is confirmed."""
+    async def _handle(
+        self,
+        stream: faust.StreamT,
+        processor: BatchProcessor,
+        events: list[faust.EventT],
+        previous: asyncio.Event | None,
+        enqueued: asyncio.Event,
+    ) -> None:
+        """One batch: classify, produce after the previous batch (per-key order), confirm, then ack."""
+        name = processor.pipeline.name
+        started = time.perf_counter()
+        records = [
+            Record(
+                raw=e.message.value,
+                key=e.message.key,
+                source=Source(e.message.topic, e.message.partition, e.message.offset),
+                timestamp_ms=e.message.timestamp * 1000 if e.message.timestamp else None,
+            )
+            for e in events
+        ]
+        try:
+            outgoing = await processor.process(records)
+            if previous is not None:
+                await previous.wait()
+            futures = await self._enqueue(outgoing)
+        finally:
+            enqueued.set()
+        await self._confirm(name, outgoing, futures)
+        # Ack only after every output of the batch is confirmed by the broker.
+        for event in events:
+            await stream.ack(event)
+        now_ms = time.time() * 1000
+        for record in records:
+            if record.timestamp_ms:
+                metrics.E2E_SECONDS.labels(name).observe(max(0.0, now_ms - record.timestamp_ms) / 1000)
+        metrics.BATCH_SECONDS.labels(name).observe(time.perf_counter() - started)
+
+    async def _enqueue(self, outgoing: list[Outgoing]) -> list[Any]:
+        """Hand the batch to the producer (pipelined, in order); futures resolve on delivery."""
+        try:
+            return [
+                await self.app.producer.send(o.topic, o.key, o.value, partition=None, timestamp=None, headers=None)
+                for o in outgoing
+            ]
+        except Exception as exc:  # noqa: BLE001 - _confirm retries the whole batch
+            log.warning("enqueue_failed", error=f"{type(exc).__name__}: {exc}")
+            return []
+
+    async def _confirm(self, pipeline: str, outgoing: list[Outgoing], futures: list[Any]) -> None:
+        """Wait for every delivery; on any failure send the batch again. Nothing is acked before this returns."""
         while True:
             try:
-                futures = [
-                    await self.app.producer.send(o.topic, o.key, o.value, partition=None, timestamp=None, headers=None)
-                    for o in outgoing
-                ]
+                if len(futures) != len(outgoing):
+                    raise RuntimeError("the batch was not fully handed to the producer")
                 await asyncio.gather(*futures)
                 break
             except Exception as exc:  # noqa: BLE001 - any delivery failure: never ack, retry
-                log.warning("delivery_failed", pipeline=pipeline.name, error=f"{type(exc).__name__}: {exc}", retry_in_s=SEND_RETRY_S)
+                log.warning("delivery_failed", pipeline=pipeline, error=f"{type(exc).__name__}: {exc}", retry_in_s=SEND_RETRY_S)
                 await asyncio.sleep(SEND_RETRY_S)
+                futures = await self._enqueue(outgoing)
         for o in outgoing:
             if not o.dead_letter:
-                metrics.EVENTS_OUT.labels(pipeline.name, o.topic).inc()
+                metrics.EVENTS_OUT.labels(pipeline, o.topic).inc()
 
     def _add_views(self) -> None:
         @self.app.page("/healthz")

@@ -79,6 +79,7 @@ class Settings(BaseSettings):
 
     batch_size: int = Field(64, ge=1)
     batch_window_s: float = Field(0.05, gt=0)
+    shutdown_grace_s: float = Field(30.0, gt=0)  # on SIGTERM, time for batches in flight to deliver
 
     web_host: str = "127.0.0.1"  # loopback by default; 0.0.0.0 in a container
     web_port: int = Field(6066, ge=0, le=65535)

@@ -50,28 +50,33 @@ def _run_pass(settings: Any, pipelines: dict[str, Pipeline], feed: dict[str, lis
     topics = sorted({t for p in pipelines.values() for t in p.output_topics})
     dead_topics = {p.dead_letter for p in pipelines.values()}
     result = PassResult()
+    consumer = make_consumer(settings, topics, from_beginning=True)
+    pending = []  # join the group before the clock starts
+    while not consumer.assignment():
+        pending += [r for rs in consumer.poll(timeout_ms=200).values() for r in rs]
     producer = make_producer(settings)
     started = time.monotonic()
     futures = [producer.send(pipelines[name].input, value) for name, values in feed.items() for value in values]
     producer.flush()
     producer.close()
     sources = {(m.topic, m.partition, m.offset) for m in (f.get(timeout=30) for f in futures)}
-    consumer = make_consumer(settings, topics, from_beginning=True)
     with tqdm(total=len(expected_ids) + expected_dead, desc=label, unit="ev") as bar:
         while len(result.outputs) + len(result.dead_letters) < len(expected_ids) + expected_dead:
             if time.monotonic() - started > timeout_s:
                 break
-            for tp, records in consumer.poll(timeout_ms=500).items():
-                for record in records:
-                    doc = json.loads(record.value)
-                    if tp.topic in dead_topics:
-                        src = doc["source"]
-                        if (src["topic"], src["partition"], src["offset"]) in sources:
-                            result.dead_letters.append(doc)
-                            bar.update()
-                    elif doc["id"] in expected_ids and doc["id"] not in result.outputs:
-                        result.outputs[doc["id"]] = {**doc, "topic": tp.topic}
+            polled = [(r.topic, r) for rs in consumer.poll(timeout_ms=500).values() for r in rs]
+            polled += [(r.topic, r) for r in pending]
+            pending = []
+            for topic, record in polled:
+                doc = json.loads(record.value)
+                if topic in dead_topics:
+                    src = doc["source"]
+                    if (src["topic"], src["partition"], src["offset"]) in sources:
+                        result.dead_letters.append(doc)
                         bar.update()
+                elif doc["id"] in expected_ids and doc["id"] not in result.outputs:
+                    result.outputs[doc["id"]] = {**doc, "topic": topic}
+                    bar.update()
     result.seconds = time.monotonic() - started
     consumer.close()
     return result

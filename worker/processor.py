@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import structlog
 
-from pipelines import Classifier
+from pipelines import Classifier, Prediction
 from worker import metrics
 from worker.cache import ResultCache, cache_key
 from worker.codec import DecodeError, InputEvent, Source, decode, encode_dead_letter, encode_output
@@ -76,8 +76,13 @@ class BatchProcessor:
             if isinstance(slot, Outgoing):
                 out.append(slot)
                 continue
-            results, truncated, cached = found[slot.source]
             record = by_source[slot.source]
+            if slot.source not in found:  # the model failed on this text alone
+                metrics.DEAD_LETTERS.labels(name, "model_error").inc()
+                value = encode_dead_letter("model_error", "the model failed on this event; see the worker log", slot.source, record.raw)
+                out.append(Outgoing(self.pipeline.dead_letter, record.key, value, dead_letter=True))
+                continue
+            results, truncated, cached = found[slot.source]
             latency = now_ms - record.timestamp_ms if record.timestamp_ms else 0.0
             value = encode_output(slot, results, self.model, cached=cached, truncated=truncated, latency_ms=latency)
             key = record.key if record.key is not None else slot.id.encode("utf-8")
@@ -103,14 +108,33 @@ class BatchProcessor:
         if misses:
             texts = [group[0].text for group in misses.values()]
             started = time.perf_counter()
-            loop = asyncio.get_running_loop()
-            # The model never runs on the event loop: heartbeats and commits keep flowing.
-            predictions = await loop.run_in_executor(self.executor, self.classifier.predict, texts, self.pipeline.tasks)
+            predictions = await self._predict(texts)
             metrics.MODEL_SECONDS.labels(name).observe(time.perf_counter() - started)
             to_cache = {}
             for (key, group), prediction in zip(misses.items(), predictions):
+                if prediction is None:
+                    continue
                 to_cache[key] = {"results": prediction.results, "truncated": prediction.truncated}
                 for event in group:
                     found[event.source] = (prediction.results, prediction.truncated, False)
             await self.cache.set_many(to_cache)
         return found
+
+    async def _predict(self, texts: list[str]) -> list[Prediction | None]:
+        """The model never runs on the event loop: heartbeats and commits keep flowing.
+
+        If a batch fails, each text is tried alone, so one poisonous event cannot stall the
+        stream: it gets None (and a dead letter) while the others are classified.
+        """
+        loop = asyncio.get_running_loop()
+        tasks = self.pipeline.tasks
+        try:
+            return list(await loop.run_in_executor(self.executor, self.classifier.predict, texts, tasks))
+        except Exception as exc:  # noqa: BLE001
+            log.error("model_failed", pipeline=self.pipeline.name, texts=len(texts), error=f"{type(exc).__name__}: {exc}")
+            if len(texts) == 1:
+                return [None]
+        out: list[Prediction | None] = []
+        for text in texts:
+            out += await self._predict([text])
+        return out

