@@ -48,7 +48,7 @@ class NgramFeaturizer:
         self._idf = np.asarray(self.idf, dtype=np.float32)
 
     @classmethod
-    def fit(cls, texts: Sequence[str], labels: Sequence[int], n_classes: int, *, buckets: int, lr: float | None = None, **options: Any) -> "NgramFeaturizer":
+    def fit(cls, texts: Sequence[str], labels: Sequence[int], n_classes: int, *, buckets: int, **options: Any) -> "NgramFeaturizer":
         opts = {**DEFAULTS, **options}
         n_features = int(opts["n_features"])
         if n_features & (n_features - 1):

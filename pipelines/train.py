@@ -167,9 +167,14 @@ def fit_head(
     weights = class_weight_vector(y_train, n_classes, config.class_weights)
     loss_fn = nn.CrossEntropyLoss(weight=weights, label_smoothing=config.label_smoothing)
     val_loss_fn = nn.CrossEntropyLoss(weight=weights)
-    optim = torch.optim.AdamW(head.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    dense_params = [p for n, p in head.named_parameters() if not n.startswith("ngram_linear")]
+    groups = [{"params": dense_params, "lr": config.lr, "weight_decay": config.weight_decay}]
+    if head.ngram_linear is not None:
+        groups.append({"params": list(head.ngram_linear.parameters()), "lr": float(config.ngram.get("lr", config.lr)),
+                       "weight_decay": float(config.ngram.get("weight_decay", config.weight_decay))})
+    optim = torch.optim.AdamW(groups)
     total_steps = config.max_epochs * math.ceil(len(y_train) / config.batch_size)
-    sched = torch.optim.lr_scheduler.OneCycleLR(optim, max_lr=config.lr, total_steps=max(total_steps, 1), pct_start=0.1, anneal_strategy="cos")
+    sched = torch.optim.lr_scheduler.OneCycleLR(optim, max_lr=[g["lr"] for g in groups], total_steps=max(total_steps, 1), pct_start=0.1, anneal_strategy="cos")
     history: dict[str, list[float]] = {"epoch": [], "train_loss": [], "val_loss": [], "val_accuracy": [], "val_macro_f1": []}
     best: tuple[float, float] = (-1.0, float("inf"))
     best_state: dict[str, torch.Tensor] = {}
@@ -258,7 +263,8 @@ def train_heads(
     if config.ngram:
         from pipelines.ngrams import NgramFeaturizer
 
-        featurizer = NgramFeaturizer.fit([texts[i] for i in train_idx], y_all[tr].tolist(), len(data.labels), **config.ngram)
+        options = {k: v for k, v in config.ngram.items() if k not in ("lr", "weight_decay")}
+        featurizer = NgramFeaturizer.fit([texts[i] for i in train_idx], y_all[tr].tolist(), len(data.labels), **options)
         spec.ngram = featurizer.spec()
         sparse = featurizer.transform(texts)
         sparse_train, sparse_val = sparse.index_select(0, tr), sparse.index_select(0, va)

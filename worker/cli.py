@@ -232,18 +232,27 @@ def demo(events: int, rows: int) -> None:
     run_demo(events=events, rows=rows)
 
 
-def _attach_model_commands() -> None:
-    try:
-        from pipelines import commands
-    except ImportError:
-        return
-    for name in ("data", "train", "eval"):
-        command = getattr(commands, name, None)
-        if isinstance(command, click.Command):
-            cli.add_command(command, name)
+# Commands that live in their own modules, imported only when the module exists.
+_MODULE_COMMANDS = {"pipelines.commands": ("data", "train", "eval"), "worker.bench": ("bench",), "worker.status": ("status",)}
 
 
-_attach_model_commands()
+def _attach_module_commands() -> None:
+    import importlib
+
+    for module_name, names in _MODULE_COMMANDS.items():
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:
+            if exc.name != module_name:
+                raise
+            continue
+        for name in names:
+            command = getattr(module, name, None)
+            if isinstance(command, click.Command):
+                cli.add_command(command, name)
+
+
+_attach_module_commands()
 
 
 def main() -> None:
