@@ -33,7 +33,7 @@ class Classifier:
                     "train it on this model with `bertstream train`"
                 )
         self.encoder = encoder
-        self.heads = heads
+        self.heads = {name: head.eval() for name, head in heads.items()}
         self.layers = tuple(sorted({layer for h in heads.values() for layer in h.spec.layers}))
         versions = head_versions or {name: "in-memory" for name in heads}
         self._versions = versions

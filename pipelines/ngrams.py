@@ -102,4 +102,4 @@ class NgramFeaturizer:
                 cols.extend(js)
                 vals.extend(v / norm for v in vs)
         index = torch.tensor([rows, cols], dtype=torch.int64) if rows else torch.zeros(2, 0, dtype=torch.int64)
-        return torch.sparse_coo_tensor(index, torch.tensor(vals, dtype=torch.float32), (len(texts), len(self.buckets))).coalesce()
+        return torch.sparse_coo_tensor(index, torch.tensor(vals, dtype=torch.float32), (len(texts), len(self.buckets)), check_invariants=False).coalesce()

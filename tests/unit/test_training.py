@@ -1,0 +1,161 @@
+"""Training, saving and loading heads with a tiny random encoder: no data download, no services."""
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import pytest
+import torch
+
+transformers = pytest.importorskip("transformers")
+
+from pipelines.classifier import Classifier  # noqa: E402
+from pipelines.datasets import Dataset, read_labelled_file  # noqa: E402
+from pipelines.encoder import Encoder, EncoderSettings  # noqa: E402
+from pipelines.heads import Head, HeadSpec, load_head, save_head  # noqa: E402
+from pipelines.train import TrainConfig, fit_head, resolve_data, stratified_val_split, summary_metrics, train_heads  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    try:
+        from pipelines.registry import default_model_dir
+
+        return transformers.AutoTokenizer.from_pretrained(default_model_dir(), local_files_only=True)
+    except Exception as exc:  # noqa: BLE001
+        pytest.skip(f"MiniLM tokenizer not installed: {exc}")
+
+
+@pytest.fixture(scope="module")
+def encoder(tokenizer):
+    torch.manual_seed(0)
+    config = transformers.BertConfig(
+        vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, max_position_embeddings=128
+    )
+    model = transformers.BertModel(config)
+    return Encoder(EncoderSettings(window_tokens=32, stride_tokens=8, max_windows=4, precision="fp32", device="cpu"), model=model, tokenizer=tokenizer)
+
+
+POS = ["great", "love", "wonderful", "excellent", "happy", "superb"]
+NEG = ["awful", "hate", "terrible", "horrible", "sad", "dreadful"]
+FILL = ["the", "film", "was", "really", "quite", "a", "day", "and", "food"]
+
+
+def synthetic(n: int, seed: int) -> list[tuple[str, str]]:
+    rng = random.Random(seed)
+    out = []
+    for i in range(n):
+        label = "pos" if i % 2 == 0 else "neg"
+        words = rng.choices(FILL, k=2) + rng.choices(POS if label == "pos" else NEG, k=4)
+        rng.shuffle(words)
+        out.append((" ".join(words), label))
+    return out
+
+
+@pytest.fixture(scope="module")
+def data() -> Dataset:
+    return Dataset("synthetic", synthetic(160, 1), synthetic(40, 2), ["neg", "pos"])
+
+
+def test_train_save_load_round_trip(encoder, data, tmp_path):
+    out = tmp_path / "head"
+    config = TrainConfig(layers=[1, 2], hidden=16, max_epochs=40, patience=40, lr=5e-3, seed=3)
+    head = train_heads(encoder, data, out, config, name="toy", progress=False, use_cache=False)
+    assert (out / "model.safetensors").is_file() and (out / "head.json").is_file()
+    assert not list(out.glob("*.bin")) and not list(out.glob("*.pt"))
+    meta = json.loads((out / "head.json").read_text())
+    assert meta["labels"] == ["neg", "pos"]
+    assert meta["training"]["config"]["seed"] == 3
+    assert set(meta["metrics"]["curves"]) >= {"epoch", "train_loss", "val_loss", "val_macro_f1"}
+    assert meta["metrics"]["test"]["accuracy"] > 0.8  # the words decide the label
+
+    loaded, version = load_head(out)
+    feats = encoder.encode([t for t, _ in data.test], (1, 2)).features
+    with torch.no_grad():
+        assert torch.allclose(head.predict_features(feats), loaded.predict_features(feats), atol=1e-5)
+    clf = Classifier(encoder, {"toy": loaded}, {"toy": version})
+    preds = clf.predict(["a wonderful superb film", "a dreadful awful day"], ["toy"])
+    assert [p.results["toy"]["label"] for p in preds] == ["pos", "neg"]
+    assert set(preds[0].results["toy"]["scores"]) == {"neg", "pos"}
+
+
+def test_same_seed_same_head(encoder, data, tmp_path):
+    config = TrainConfig(layers=[-1], hidden=0, max_epochs=5, patience=5, seed=7)
+    a = train_heads(encoder, data, tmp_path / "a", config, progress=False, use_cache=False)
+    b = train_heads(encoder, data, tmp_path / "b", config, progress=False, use_cache=False)
+    for (ka, va), (kb, vb) in zip(a.state_dict().items(), b.state_dict().items()):
+        assert ka == kb and torch.equal(va, vb)
+
+
+def test_early_stopping_keeps_best_epoch():
+    torch.manual_seed(0)
+    # Pure noise: validation F1 cannot keep improving, so training stops well before max_epochs.
+    x = torch.randn(200, 8)
+    y = torch.randint(0, 2, (200,))
+    spec = HeadSpec(name="noise", labels=["a", "b"], input_dim=8)
+    config = TrainConfig(hidden=32, max_epochs=200, patience=3, lr=1e-2, seed=1)
+    result = fit_head(spec, x[:150], y[:150], x[150:], y[150:], config, progress=False)
+    epochs = result.history["epoch"]
+    assert len(epochs) < 200
+    assert len(epochs) - result.best_epoch == 3  # stopped exactly `patience` epochs after the best
+    best_f1 = max(result.history["val_macro_f1"])
+    assert result.history["val_macro_f1"][result.best_epoch - 1] == best_f1
+    with torch.no_grad():
+        pred = result.head(x[150:]).argmax(dim=1)
+    assert summary_metrics(y[150:].tolist(), pred.tolist(), 2)["macro_f1"] == pytest.approx(best_f1, abs=1e-4)
+
+
+def test_hybrid_ngram_head_round_trip(encoder, data, tmp_path):
+    out = tmp_path / "hybrid"
+    config = TrainConfig(layers=[-1], hidden=0, max_epochs=10, patience=10, lr=5e-3, ngram={"buckets": 64, "min_df": 1, "lr": 0.05})
+    head = train_heads(encoder, data, out, config, progress=False, use_cache=False, half=True)
+    loaded, _ = load_head(out)
+    assert loaded.spec.ngram["buckets"] == loaded.ngram_buckets.numel() <= 64
+    texts = [t for t, _ in data.test]
+    feats = encoder.encode(texts, (-1,)).features
+    with torch.no_grad():
+        assert torch.allclose(head.predict_features(feats, texts), loaded.predict_features(feats, texts), atol=1e-4)
+    assert loaded.spec.metrics["test"]["accuracy"] > 0.8
+
+
+def test_old_head_dir_without_ngram_loads(tmp_path):
+    spec = HeadSpec(name="old", labels=["x", "y"], input_dim=4)
+    save_head(Head(spec), tmp_path)
+    meta = json.loads((tmp_path / "head.json").read_text())
+    meta.pop("ngram")  # a head.json written before the hybrid part existed
+    (tmp_path / "head.json").write_text(json.dumps(meta))
+    head, _ = load_head(tmp_path)
+    assert head.ngram_linear is None
+    assert head.predict_features({-1: torch.zeros(3, 4)}).shape == (3, 2)
+
+
+def test_stratified_val_split_is_fixed_and_per_class():
+    labels = [0] * 90 + [1] * 10
+    tr, va = stratified_val_split(labels, 0.2, seed=5)
+    assert sorted(tr + va) == list(range(100))
+    assert sum(labels[i] for i in va) == 2 and len(va) == 20
+    assert stratified_val_split(labels, 0.2, seed=5) == (tr, va)
+
+
+def test_labelled_files(tmp_path):
+    csv_path = tmp_path / "d.csv"
+    csv_path.write_text('body,cls\n"hello, world",a\nbye,b\n,a\n')
+    assert read_labelled_file(csv_path, "body", "cls") == [("hello, world", "a"), ("bye", "b")]
+    jsonl = tmp_path / "d.jsonl"
+    jsonl.write_text('{"text": "x y", "label": 1}\n\n{"text": "z", "label": 0}\n')
+    assert read_labelled_file(jsonl) == [("x y", "1"), ("z", "0")]
+    with pytest.raises(KeyError):
+        read_labelled_file(csv_path, "text", "label")
+    ds = resolve_data(str(csv_path), "body", "cls")
+    assert ds.labels == ["a", "b"] and ds.test == []
+
+
+def test_train_from_csv(encoder, tmp_path):
+    path = tmp_path / "train.csv"
+    rows = synthetic(120, 3)
+    path.write_text("text,label\n" + "".join(f"{t},{lab}\n" for t, lab in rows))
+    data = resolve_data(str(path))
+    head = train_heads(encoder, data, tmp_path / "csvhead", TrainConfig(hidden=0, max_epochs=8, lr=1e-2), progress=False, use_cache=False)
+    assert head.spec.labels == ["neg", "pos"]
+    assert head.spec.training["dataset"] == "train"

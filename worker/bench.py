@@ -1,0 +1,173 @@
+"""`bertstream bench`: our path and the baselines side by side, in one run (issue 4, item 3).
+
+On the same events, model and heads:
+
+- A  the naive loop a user writes first (worker/bench_baseline.py), on a subset;
+- B  model only: `Classifier.predict` on in-memory texts at the default precision, with fp32,
+     int8 and bf16 at batch 64, a batch-size sweep, short vs long texts (worker/bench_model.py);
+- C  the real worker process end to end, cold cache, events produced up front;
+- D  the same texts again (new ids), warm cache;
+- latency at paced offered loads (fractions of C), throughput vs number of events, long texts
+  end to end, the worker's peak RSS (worker/bench_stream.py);
+- accuracy parity of the fast numerics against fp32 on labelled test splits.
+
+Everything printed is measured in the run. Writes a JSON report and a PNG beside it.
+"""
+from __future__ import annotations
+
+import datetime
+import os
+import platform
+import time
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+import click
+
+DEFAULT_HEADS = ["news_topic", "sentiment"]  # the `news` pipeline: short news-like texts
+EVAL_HEADS = ["sentiment", "spam"]  # heads with a labelled test split (VADER, SMS spam)
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _sizes(quick: bool, events: int | None) -> dict[str, Any]:
+    if quick:
+        n = events or 300
+        return {"events": n, "baseline": min(n, 60), "long_model": 16, "long_e2e": 8, "scaling": sorted({max(20, n // 6), n}),
+                "loads": [0.25, 0.5, 0.9], "load_seconds": 3.0, "min_seconds": 1.0, "eval_per_set": 100,
+                "sweep": [1, 4, 16, 64, 256], "agreement": 100}
+    n = events or 2000
+    return {"events": n, "baseline": min(n, 300), "long_model": 64, "long_e2e": 48,
+            "scaling": sorted({max(50, n // 10), max(100, n // 3), n}), "loads": [0.25, 0.5, 0.75, 0.9],
+            "load_seconds": 10.0, "min_seconds": 3.0, "eval_per_set": 500, "sweep": [1, 2, 4, 8, 16, 32, 64, 128, 256],
+            "agreement": 300}
+
+
+def _resolve_heads(heads: list[str]) -> list[str]:
+    from pipelines.registry import resolve_head_dir
+
+    for h in heads:
+        resolve_head_dir(h)  # ModelNotFoundError with a clear line
+    return heads
+
+
+def _eval_heads(heads: list[str], wanted: list[str]) -> list[str]:
+    """Heads with a labelled set: from the bench heads, else beside them, else the committed ones."""
+    from pipelines.registry import ModelNotFoundError, resolve_head_dir, task_name
+
+    have = {task_name(h): h for h in heads}
+    out = []
+    for task in wanted:
+        if task in have:
+            continue
+        for candidate in [str(Path(h).parent / task) for h in heads if Path(h).is_dir()] + [task]:
+            try:
+                resolve_head_dir(candidate)
+            except ModelNotFoundError:
+                continue
+            out.append(candidate)
+            break
+    return out
+
+
+def run_bench(out: Path, events: int | None = None, quick: bool = False, heads: list[str] | None = None,
+              brokers: str | None = None, redis_url: str | None = None, skip_baseline: bool = False,
+              log: Any = None) -> dict[str, Any]:
+    from pipelines.numerics import resolve_device, resolve_precision
+    from pipelines.registry import task_name
+    from worker import bench_data
+    from worker.bench_model import run_model_suite
+    from worker.bench_report import format_table, ratios, targets, write_report
+    from worker.bench_stream import run_stream_suite
+    from worker.config import load_settings
+    from worker.harness import services
+
+    started = time.perf_counter()
+    echo = log or (lambda m: click.echo(f"[{time.perf_counter() - started:6.1f}s] {m}", err=True))
+    sizes = _sizes(quick, events)
+    heads = _resolve_heads(heads or DEFAULT_HEADS)
+    tasks = [task_name(h) for h in heads]
+    settings = load_settings()
+    device = resolve_device(settings.device)
+    default_precision = resolve_precision(settings.precision, device)
+    precisions = ["fp32", "int8", "bf16"] if device.type == "cpu" else ["fp32", "fp16", "bf16"]
+    run = os.urandom(3).hex()
+    short = bench_data.short_texts(sizes["events"], f"{run}-s")
+    long = bench_data.long_texts(sizes["long_model"], f"{run}-l")
+    extra_heads = _eval_heads(heads, EVAL_HEADS)
+    evals, eval_note = bench_data.eval_sets(tasks + [task_name(h) for h in extra_heads], sizes["eval_per_set"])
+
+    report: dict[str, Any] = {"meta": {
+        "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"), "cpu": _cpu_name(),
+        "cores": os.cpu_count(), "device": str(device), "precision": default_precision, "tasks": tasks, "heads": heads,
+        "quick": quick, "sizes": sizes, "batch_size": settings.batch_size, "batch_window_s": settings.batch_window_s,
+        "load_avg_at_start": list(os.getloadavg()), "run_id": run}}
+    with ExitStack() as stack:
+        brokers, redis_url, embedded = services(stack, echo, brokers, redis_url)
+        report["meta"]["embedded"] = embedded
+        if not skip_baseline:
+            from worker.bench_baseline import run_baseline
+
+            echo(f"A: naive loop on {sizes['baseline']} events")
+            report["A"] = run_baseline(brokers, heads, bench_data.events(short[: sizes["baseline"]], f"{run}-a"),
+                                       settings.model_dir)
+        model = run_model_suite(heads + extra_heads, tasks, short, long, settings.batch_size, default_precision, precisions,
+                                sizes["sweep"], sizes["min_seconds"], evals,
+                                short[: sizes["agreement"]] + long[:8], echo)
+        report["B"] = model.pop("B")
+        report["batch_sweep"] = model.pop("batch_sweep")
+        report["accuracy"] = model.pop("accuracy")
+        if not evals:
+            report["accuracy"]["note"] = ("no labelled eval set for these heads" + (f" ({eval_note})" if eval_note else "")
+                                          + ": label agreement vs fp32 on the bench texts only")
+        report["length_scaling"] = {"model_only": model.pop("length")}
+        report["meta"].update({k: v for k, v in model.pop("info").items() if k not in ("device", "precision")})
+        report["model_only"] = model
+        stream = run_stream_suite(brokers, redis_url, heads, bench_data.short_texts, bench_data.long_texts, sizes["events"],
+                                  sizes["long_e2e"], sizes["scaling"], sizes["loads"], sizes["load_seconds"], log=echo)
+    report["C"], report["D"] = stream.pop("C"), stream.pop("D")
+    if "long" in stream:
+        report["long_end_to_end"] = stream.pop("long")
+        report["length_scaling"]["end_to_end"] = {"short": report["C"], "long": report["long_end_to_end"]}
+    report.update(stream)
+    report["ratios"] = ratios(report)
+    report["targets"] = targets(report)
+    report["meta"]["seconds"] = round(time.perf_counter() - started, 1)
+    report["meta"]["load_avg_at_end"] = list(os.getloadavg())
+    png = write_report(report, out)
+    click.echo(format_table(report))
+    click.echo(f"\nreport: {out}  plot: {png}  ({report['meta']['seconds']:.0f} s; load average "
+               f"{report['meta']['load_avg_at_start'][0]:.1f} at start — figures are noisy on a shared machine)")
+    return report
+
+
+@click.command("bench")
+@click.option("--out", "out", type=click.Path(path_type=Path), default=Path("reports/bench.json"), show_default=True,
+              help="JSON report; a PNG plot is written beside it.")
+@click.option("--events", type=click.IntRange(min=10), default=None,
+              help="Short events for C and D (and model-only); default 2000, or 300 with --quick.")
+@click.option("--quick", is_flag=True, help="Small sizes and short timings: a smoke run, not a measurement.")
+@click.option("--heads", default=",".join(DEFAULT_HEADS), show_default=True,
+              help="Comma-separated heads (committed names or head directories) for A, B, C and D.")
+@click.option("--skip-baseline", is_flag=True, help="Skip A (the naive loop).")
+def bench(out: Path, events: int | None, quick: bool, heads: str, skip_baseline: bool) -> None:
+    """Throughput and latency of our path against the baselines, in one run.
+
+    Uses BERTSTREAM_KAFKA_BROKERS / BERTSTREAM_REDIS_URL when set, otherwise starts an embedded
+    broker and Redis. Prints a table with the targets of issue 4, writes a JSON report and a PNG.
+    """
+    from pipelines.registry import ModelNotFoundError
+
+    try:
+        run_bench(out, events, quick, [h.strip() for h in heads.split(",") if h.strip()], skip_baseline=skip_baseline)
+    except ModelNotFoundError as exc:
+        raise click.ClickException(str(exc)) from None

@@ -1,0 +1,97 @@
+"""The benchmark's texts and eval sets, built deterministically from the demo data.
+
+- short: news-like headlines (the first sentence of each worker/demo_data/news.jsonl item);
+- long: email-like texts of several hundred tokens (paragraphs of worker/demo_data/email.jsonl,
+  with a greeting and a sign-off), several 256-token windows each;
+- every text of a run ends with a reference tag (run id + index), so that a Redis which already
+  holds results of an earlier run cannot warm the cold-cache figures.
+"""
+from __future__ import annotations
+
+import json
+import random
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+DEMO_DATA = Path(__file__).resolve().parent / "demo_data"
+
+_SENTENCE = re.compile(r"(?<=[.!?])\s+")
+
+
+def _demo_texts(name: str) -> list[str]:
+    return [json.loads(line)["text"] for line in (DEMO_DATA / f"{name}.jsonl").read_text().splitlines() if line.strip()]
+
+
+def headlines() -> list[str]:
+    return [_SENTENCE.split(text.strip(), maxsplit=1)[0] for text in _demo_texts("news")]
+
+
+def short_texts(n: int, tag: str) -> list[str]:
+    base = headlines()
+    return [f"{base[i % len(base)]} (ref {tag}-{i})" for i in range(n)]
+
+
+def long_texts(n: int, tag: str, chars: int = 3000, seed: int = 7) -> list[str]:
+    emails = _demo_texts("email")
+    rng = random.Random(seed)
+    out = []
+    for i in range(n):
+        parts = ["Hi all,"]
+        while sum(len(p) + 2 for p in parts) < chars:
+            parts.append(rng.choice(emails))
+        parts.append(f"Best regards,\nSam (ref {tag}-{i})")
+        out.append("\n\n".join(parts))
+    return out
+
+
+def events(texts: list[str], id_prefix: str) -> list[tuple[str, bytes]]:
+    """(id, JSON event bytes) per text."""
+    out = []
+    for i, text in enumerate(texts):
+        event_id = f"{id_prefix}-{i}"
+        out.append((event_id, json.dumps({"id": event_id, "text": text, "metadata": {"bench": id_prefix}}).encode()))
+    return out
+
+
+@dataclass
+class EvalSet:
+    task: str  # the head it scores
+    dataset: str
+    texts: list[str]
+    labels: list[str]
+
+
+def eval_sets(tasks: list[str], per_set: int, seed: int = 20240601) -> tuple[list[EvalSet], str]:
+    """Labelled test splits for the heads that have one (sentiment: VADER, spam: SMS spam).
+
+    Returns the sets and a note; empty when no head has a labelled set or the data is not fetched
+    (`bertstream data vader sms_spam` fetches it).
+    """
+    try:
+        from pipelines import datasets
+    except ImportError as exc:  # pragma: no cover - pipelines.datasets is part of the package
+        return [], f"pipelines.datasets unavailable: {exc}"
+    wanted = {"sentiment": "vader", "spam": "sms_spam"}
+    out: list[EvalSet] = []
+    notes = []
+    for task, name in wanted.items():
+        if task not in tasks:
+            continue
+        if not datasets.is_fetched(name):
+            notes.append(f"{name} not fetched (run `bertstream data {name}`)")
+            continue
+        test = datasets.load(name).test
+        rng = random.Random(seed)
+        sample = rng.sample(test, min(per_set, len(test)))
+        out.append(EvalSet(task, name, [t for t, _ in sample], [label for _, label in sample]))
+    return out, "; ".join(notes)
+
+
+def mean_tokens(tokenizer: Any, texts: list[str], limit: int = 200) -> float:
+    sample = texts[:limit]
+    if not sample:
+        return 0.0
+    ids = tokenizer(sample, add_special_tokens=True, truncation=False)["input_ids"]
+    return sum(len(x) for x in ids) / len(ids)

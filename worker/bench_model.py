@@ -1,0 +1,122 @@
+"""Model-only figures (B): `Classifier.predict` on in-memory texts, per precision and batch size."""
+from __future__ import annotations
+
+import gc
+import time
+from typing import Any, Callable
+
+from worker.bench_data import EvalSet
+
+
+def load_classifier(precision: str, heads: list[str]) -> Any:
+    """The worker's own loading path (worker.cli.build_classifier) at a given precision."""
+    from worker.cli import build_classifier
+    from worker.config import load_settings
+
+    return build_classifier(load_settings(precision=precision), heads)
+
+
+def throughput(classifier: Any, texts: list[str], tasks: list[str], batch: int, min_seconds: float,
+               min_texts: int = 0) -> dict[str, Any]:
+    """Texts/s of predict() in chunks of `batch`, over whole passes of `texts` (cycled) until both
+    `min_seconds` have passed and `min_texts` were classified. One chunk of warm-up first."""
+    classifier.predict(texts[:batch], tasks)
+    done = 0
+    calls = 0
+    started = time.perf_counter()
+    i = 0
+    while True:
+        chunk = texts[i:i + batch]
+        if len(chunk) < batch:  # wrap around: always full chunks
+            chunk = chunk + texts[: batch - len(chunk)]
+        classifier.predict(chunk, tasks)
+        done += len(chunk)
+        calls += 1
+        i = (i + batch) % len(texts)
+        elapsed = time.perf_counter() - started
+        if elapsed >= min_seconds and done >= min_texts:
+            break
+    return {"batch": batch, "texts": done, "calls": calls, "seconds": round(elapsed, 4),
+            "events_per_s": round(done / elapsed, 2)}
+
+
+def label_agreement(a: list[Any], b: list[Any], tasks: list[str]) -> dict[str, float]:
+    return {task: round(100.0 * sum(x.results[task]["label"] == y.results[task]["label"] for x, y in zip(a, b)) / max(1, len(a)), 3)
+            for task in tasks}
+
+
+def predict_all(classifier: Any, texts: list[str], tasks: list[str], batch: int = 64) -> list[Any]:
+    out: list[Any] = []
+    for start in range(0, len(texts), batch):
+        out += classifier.predict(texts[start:start + batch], tasks)
+    return out
+
+
+def run_model_suite(heads: list[str], tasks: list[str], short: list[str], long: list[str], batch: int,
+                    default_precision: str, precisions: list[str], sweep: list[int], min_seconds: float,
+                    evals: list[EvalSet], agreement_texts: list[str], log: Callable[[str], None]) -> dict[str, Any]:
+    """B at the default precision, fp32/int8/bf16 at batch 64, the batch sweep, short vs long,
+    and accuracy parity of each precision against fp32. One classifier per precision, freed after use."""
+    eval_tasks = sorted({e.task for e in evals})
+    all_tasks = list(dict.fromkeys(tasks + eval_tasks))
+    order = [default_precision] + [p for p in precisions if p != default_precision]
+    results: dict[str, Any] = {"precisions": {}, "batch_sweep": [], "length": {}, "accuracy": {}}
+    predictions: dict[str, dict[str, list[Any]]] = {}
+    info: dict[str, Any] = {}
+    for precision in order:
+        log(f"model only: loading the classifier at {precision}")
+        classifier = load_classifier(precision, heads)
+        missing = [t for t in all_tasks if t not in classifier.heads]
+        if missing:
+            raise RuntimeError(f"heads {missing} not loaded")
+        resolved = classifier.encoder.precision
+        if not info:
+            info = {"device": str(classifier.encoder.device), "precision": resolved, "model": classifier.encoder.name,
+                    "model_version": classifier.version(tasks)}
+            from worker.bench_data import mean_tokens
+
+            results["tokens"] = {"short_mean": round(mean_tokens(classifier.encoder.tokenizer, short), 1),
+                                 "long_mean": round(mean_tokens(classifier.encoder.tokenizer, long), 1)}
+        entry = {"precision": resolved}
+        log(f"model only: {resolved}, batch 64")
+        entry["batch64"] = throughput(classifier, short, tasks, 64, min_seconds, min_texts=128)
+        if precision == default_precision:
+            log(f"model only: {resolved}, batch {batch} (B)")
+            results["B"] = {**throughput(classifier, short, tasks, batch, min_seconds, min_texts=2 * batch),
+                            "precision": resolved}
+            for size in sweep:
+                log(f"model only: batch sweep, batch {size}")
+                results["batch_sweep"].append(throughput(classifier, short, tasks, size, min_seconds / 2, min_texts=2 * size))
+            log("model only: long texts")
+            long_fig = throughput(classifier, long, tasks, batch, min_seconds, min_texts=min(len(long), 2 * batch))
+            results["length"] = {"short": {**results["B"], "mean_tokens": results["tokens"]["short_mean"]},
+                                 "long": {**long_fig, "mean_tokens": results["tokens"]["long_mean"]}}
+        results["precisions"][resolved] = entry
+        log(f"model only: {resolved}, parity predictions")
+        predictions[resolved] = {"agreement": predict_all(classifier, agreement_texts, all_tasks)}
+        for e in evals:
+            predictions[resolved][e.dataset] = predict_all(classifier, e.texts, [e.task])
+        del classifier
+        gc.collect()
+    results["info"] = info
+    results["accuracy"] = _parity(predictions, evals, all_tasks, len(agreement_texts))
+    return results
+
+
+def _parity(predictions: dict[str, dict[str, list[Any]]], evals: list[EvalSet], tasks: list[str], n_agreement: int) -> dict[str, Any]:
+    if "fp32" not in predictions:
+        return {"note": "fp32 was not run: no parity"}
+    ref = predictions["fp32"]
+    out: dict[str, Any] = {"sets": [{"task": e.task, "dataset": e.dataset, "texts": len(e.texts)} for e in evals],
+                           "agreement_texts": n_agreement, "per_precision": {}}
+    for precision, preds in predictions.items():
+        row: dict[str, Any] = {"agreement_vs_fp32_bench_texts": label_agreement(preds["agreement"], ref["agreement"], tasks)}
+        for e in evals:
+            got = preds[e.dataset]
+            acc = 100.0 * sum(p.results[e.task]["label"] == y for p, y in zip(got, e.labels)) / len(e.labels)
+            ref_acc = 100.0 * sum(p.results[e.task]["label"] == y for p, y in zip(ref[e.dataset], e.labels)) / len(e.labels)
+            row[e.dataset] = {"task": e.task, "accuracy": round(acc, 3), "fp32_accuracy": round(ref_acc, 3),
+                              "delta_points": round(acc - ref_acc, 3),
+                              "agreement_vs_fp32": label_agreement(got, ref[e.dataset], [e.task])[e.task]}
+        out["per_precision"][precision] = row
+    return out

@@ -1,0 +1,274 @@
+"""C and D: the real worker process end to end, plus latency at a paced offered load.
+
+One worker child process (worker.harness.start_ready_worker) runs a pipeline of the bench's own
+(fresh topics, a unique consumer group) against the real broker and Redis. A collector thread
+reads the output and dead-letter topics by partition assignment (no group join) and stamps every
+output id with its arrival time; every phase produces its events, then waits for their ids.
+"""
+from __future__ import annotations
+
+import json
+import re
+import tempfile
+import threading
+import time
+import urllib.request
+import uuid
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any, Callable
+
+from worker.bench_data import events as make_events
+from worker.harness import peak_rss_mb, start_ready_worker, worker_env
+from worker.procutil import free_port, log_tail
+
+
+def percentiles(values: list[float], qs: tuple[float, ...] = (50, 95, 99)) -> dict[str, float]:
+    if not values:
+        return {f"p{q:g}_ms": 0.0 for q in qs}
+    ordered = sorted(values)
+    out = {}
+    for q in qs:
+        # Linear interpolation between closest ranks (numpy's default).
+        pos = (len(ordered) - 1) * q / 100
+        lo = int(pos)
+        hi = min(lo + 1, len(ordered) - 1)
+        out[f"p{q:g}_ms"] = round(1000 * (ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo)), 2)
+    return out
+
+
+class _Collector(threading.Thread):
+    """Arrival times of output ids (perf_counter), read by partition assignment from offset 0."""
+
+    def __init__(self, brokers: str, topics: list[str], dead_topic: str) -> None:
+        super().__init__(name="bench-collector", daemon=True)
+        from kafka import KafkaConsumer, TopicPartition
+
+        self.consumer = KafkaConsumer(bootstrap_servers=brokers.split(","), group_id=None, enable_auto_commit=False,
+                                      fetch_max_wait_ms=10, max_poll_records=2000)
+        parts = []
+        for topic in topics + [dead_topic]:
+            deadline = time.monotonic() + 30
+            found = self.consumer.partitions_for_topic(topic)
+            while not found and time.monotonic() < deadline:
+                time.sleep(0.2)
+                found = self.consumer.partitions_for_topic(topic)
+            if not found:
+                raise RuntimeError(f"topic {topic} has no partitions")
+            parts += [TopicPartition(topic, p) for p in sorted(found)]
+        self.consumer.assign(parts)
+        self.consumer.seek_to_beginning(*parts)
+        self.dead_topic = dead_topic
+        self.arrived: dict[str, tuple[float, bool]] = {}  # id -> (arrival, cached)
+        self.dead_letters = 0
+        self.cond = threading.Condition()
+        self._stop_event = threading.Event()
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            while not self._stop_event.is_set():
+                batch = self.consumer.poll(timeout_ms=50)
+                now = time.perf_counter()
+                if not batch:
+                    continue
+                with self.cond:
+                    for tp, records in batch.items():
+                        for record in records:
+                            if tp.topic == self.dead_topic:
+                                self.dead_letters += 1
+                                continue
+                            doc = json.loads(record.value)
+                            self.arrived.setdefault(doc["id"], (now, bool(doc.get("cached"))))
+                    self.cond.notify_all()
+        except BaseException as exc:  # noqa: BLE001 - reported to the waiting phase
+            self.error = exc
+            with self.cond:
+                self.cond.notify_all()
+        finally:
+            self.consumer.close()
+
+    def wait_for(self, ids: list[str], timeout_s: float) -> dict[str, tuple[float, bool]]:
+        deadline = time.monotonic() + timeout_s
+        with self.cond:
+            while True:
+                if self.error is not None:
+                    raise RuntimeError(f"output collector failed: {self.error!r}")
+                missing = sum(1 for i in ids if i not in self.arrived)
+                if not missing:
+                    return {i: self.arrived[i] for i in ids}
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError(f"{missing}/{len(ids)} outputs missing after {timeout_s:.0f}s "
+                                       f"({self.dead_letters} dead letters seen)")
+                self.cond.wait(min(left, 0.5))
+
+    def stop(self) -> None:
+        self._stop_event.set()
+        self.join(timeout=10)
+
+
+class StreamBench:
+    """A worker child process and the bench's topics; use as a context manager."""
+
+    def __init__(self, brokers: str, redis_url: str, heads: list[str], log: Callable[[str], None] = lambda m: None,
+                 timeout_s: float = 600, worker_settings: dict[str, str] | None = None) -> None:
+        self.brokers, self.redis_url, self.heads, self.log = brokers, redis_url, heads, log
+        self.timeout_s = timeout_s
+        self.worker_settings = worker_settings or {}
+        self.run_id = uuid.uuid4().hex[:8]
+        self.topics = {k: f"bench-{self.run_id}-{k}" for k in ("in", "out", "dead")}
+        self._stack = ExitStack()
+        self.proc: Any = None
+
+    def __enter__(self) -> "StreamBench":
+        try:
+            self._start()
+        except BaseException:
+            self._stack.close()
+            raise
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stack.close()
+
+    def _start(self) -> None:
+        from kafka import KafkaProducer
+
+        self.workdir = Path(tempfile.mkdtemp(prefix="bertstream-bench-"))
+        pipelines_file = self.workdir / "pipelines.toml"
+        pipelines_file.write_text(
+            f'[pipelines.bench]\ninput = "{self.topics["in"]}"\noutput = "{self.topics["out"]}"\n'
+            f'dead_letter = "{self.topics["dead"]}"\nheads = {json.dumps(self.heads)}\n'
+        )
+        self.web_port = free_port()
+        env = worker_env(self.brokers, self.redis_url, f"bertstream-bench-{self.run_id}", self.web_port,
+                         pipelines_file=str(pipelines_file), session_timeout_s="6", **self.worker_settings)
+        self.log_path = self.workdir / "worker.log"
+        self.log(f"end to end: starting the worker (log {self.log_path})")
+        started = time.perf_counter()
+        self.proc = start_ready_worker(self._stack, env, ["bench"], self.log_path, self.web_port, timeout_s=self.timeout_s)
+        self.start_seconds = round(time.perf_counter() - started, 2)
+        self.collector = _Collector(self.brokers, [self.topics["out"]], self.topics["dead"])
+        self.collector.start()
+        self._stack.callback(self.collector.stop)
+        self.producer = KafkaProducer(bootstrap_servers=self.brokers.split(","), acks="all", linger_ms=5)
+        self._stack.callback(self.producer.close)
+        # Warm-up: the group is joined and every path has run once before anything is timed.
+        from worker.bench_data import short_texts
+
+        self.burst(short_texts(16, f"{self.run_id}-warmup"), "warmup")
+
+    def _check_alive(self) -> None:
+        if self.proc.poll() is not None:
+            raise RuntimeError(f"worker exited with code {self.proc.returncode}:\n{log_tail(self.log_path)}")
+
+    def _wait(self, ids: list[str]) -> dict[str, tuple[float, bool]]:
+        try:
+            return self.collector.wait_for(ids, self.timeout_s)
+        except TimeoutError:
+            self._check_alive()
+            raise
+
+    def metrics(self) -> dict[str, float]:
+        """Sums of the worker's batch-size and model-time histograms (for deltas around a phase)."""
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.web_port}/metrics", timeout=5) as resp:
+                text = resp.read().decode()
+        except OSError:
+            return {}
+        out: dict[str, float] = {}
+        for name in ("bertstream_batch_size_sum", "bertstream_batch_size_count", "bertstream_model_duration_seconds_sum",
+                     "bertstream_batch_duration_seconds_sum", "bertstream_cache_hits_total", "bertstream_cache_misses_total"):
+            out[name] = sum(float(m) for m in re.findall(rf"^{name}\{{[^}}]*\}} (\S+)$", text, flags=re.M))
+        return out
+
+    def burst(self, texts: list[str], label: str) -> dict[str, Any]:
+        """All events produced up front; seconds from the first send to the last output's arrival."""
+        values = make_events(texts, f"{self.run_id}-{label}")
+        before = self.metrics()
+        started = time.perf_counter()
+        for _, value in values:
+            self.producer.send(self.topics["in"], value)
+        self.producer.flush()
+        arrived = self._wait([i for i, _ in values])
+        last = max(t for t, _ in arrived.values())
+        seconds = last - started
+        after = self.metrics()
+        result = {"events": len(values), "seconds": round(seconds, 4), "events_per_s": round(len(values) / seconds, 2),
+                  "cached": sum(1 for _, c in arrived.values() if c)}
+        result.update(_worker_stats(before, after, seconds))
+        return result
+
+    def paced(self, texts: list[str], rate: float, label: str) -> dict[str, Any]:
+        """Events sent at a fixed rate; latency per event = output arrival - its send time (by id)."""
+        values = make_events(texts, f"{self.run_id}-{label}")
+        sent: dict[str, float] = {}
+        started = time.perf_counter()
+        for i, (event_id, value) in enumerate(values):
+            due = started + i / rate
+            delay = due - time.perf_counter()
+            if delay > 0:
+                time.sleep(delay)
+            sent[event_id] = time.perf_counter()
+            self.producer.send(self.topics["in"], value)
+        self.producer.flush()
+        arrived = self._wait(list(sent))
+        latencies = [arrived[i][0] - sent[i] for i in sent]
+        span = max(t for t, _ in arrived.values()) - started
+        return {"offered_events_per_s": round(rate, 2), "events": len(values),
+                "achieved_events_per_s": round(len(values) / span, 2), **percentiles(latencies),
+                "max_ms": round(1000 * max(latencies), 2)}
+
+    def peak_rss_mb(self) -> float | None:
+        return round(peak_rss_mb(self.proc.pid), 1) if self.proc is not None and peak_rss_mb(self.proc.pid) else None
+
+
+def _worker_stats(before: dict[str, float], after: dict[str, float], seconds: float) -> dict[str, Any]:
+    if not before or not after:
+        return {}
+    batches = after["bertstream_batch_size_count"] - before["bertstream_batch_size_count"]
+    events = after["bertstream_batch_size_sum"] - before["bertstream_batch_size_sum"]
+    model = after["bertstream_model_duration_seconds_sum"] - before["bertstream_model_duration_seconds_sum"]
+    handling = after["bertstream_batch_duration_seconds_sum"] - before["bertstream_batch_duration_seconds_sum"]
+    return {"worker": {"batches": int(batches), "mean_batch": round(events / batches, 2) if batches else 0.0,
+                       "model_seconds": round(model, 4), "model_busy_fraction": round(model / seconds, 3) if seconds else 0.0,
+                       "batch_handling_seconds": round(handling, 4)}}
+
+
+def run_stream_suite(brokers: str, redis_url: str, heads: list[str], short: Callable[[int, str], list[str]],
+                     long: Callable[[int, str], list[str]], events: int, long_events: int, scaling: list[int],
+                     load_fractions: list[float], load_seconds: float, log: Callable[[str], None] = lambda m: None,
+                     timeout_s: float = 600, worker_settings: dict[str, str] | None = None) -> dict[str, Any]:
+    """C (cold), D (warm), end-to-end long texts, events scaling, latency vs offered load, peak RSS."""
+    out: dict[str, Any] = {}
+    with StreamBench(brokers, redis_url, heads, log, timeout_s, worker_settings) as bench:
+        out["worker_start_seconds"] = bench.start_seconds
+        tag = bench.run_id
+        log(f"end to end: C, {events} short events, cold cache")
+        texts = short(events, f"{tag}-c")
+        out["C"] = bench.burst(texts, "c")
+        log(f"end to end: D, the same {events} texts again, warm cache")
+        out["D"] = bench.burst(texts, "d")
+        if long_events:
+            log(f"end to end: {long_events} long events, cold cache")
+            out["long"] = bench.burst(long(long_events, f"{tag}-long"), "long")
+        out["events_scaling"] = []
+        for n in scaling:
+            if n == events:
+                out["events_scaling"].append({**out["C"], "events": n})
+                continue
+            log(f"end to end: {n} short events, cold cache")
+            out["events_scaling"].append(bench.burst(short(n, f"{tag}-n{n}"), f"n{n}"))
+        out["events_scaling"].sort(key=lambda r: r["events"])
+        peak = out["C"]["events_per_s"]
+        out["latency"] = []
+        for fraction in load_fractions:
+            rate = max(1.0, peak * fraction)
+            n = max(20, int(rate * load_seconds))
+            log(f"end to end: latency at {fraction:.0%} of peak ({rate:.0f} events/s, {n} events)")
+            point = bench.paced(short(n, f"{tag}-l{fraction}"), rate, f"l{int(fraction * 100)}")
+            out["latency"].append({"fraction_of_peak": fraction, **point})
+        out["worker_peak_rss_mb"] = bench.peak_rss_mb()
+        out["dead_letters"] = bench.collector.dead_letters
+    return out

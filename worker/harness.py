@@ -1,0 +1,70 @@
+"""Shared by `bertstream demo` and `bertstream bench`: services and a worker child process.
+
+- `services()`: the broker and Redis from BERTSTREAM_KAFKA_BROKERS / BERTSTREAM_REDIS_URL, or
+  embedded ones (tansu, redis-server) started on the caller's ExitStack;
+- `worker_env()`: the environment of a worker child process;
+- `start_ready_worker()`: start `bertstream worker`, stop it when the stack closes, wait for /readyz.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Callable
+
+from worker.procutil import stop_process_group
+from worker.runner import start_worker_process, wait_ready
+
+
+def services(stack: ExitStack, echo: Callable[[str], None] = lambda message: None,
+             brokers: str | None = None, redis_url: str | None = None) -> tuple[str, str, dict[str, bool]]:
+    """(bootstrap servers, Redis URL, {"broker": embedded?, "redis": embedded?}).
+
+    Given values win, then the env vars; what is still missing is started embedded on `stack`.
+    """
+    brokers = brokers or os.environ.get("BERTSTREAM_KAFKA_BROKERS")
+    redis_url = redis_url or os.environ.get("BERTSTREAM_REDIS_URL")
+    embedded = {"broker": not brokers, "redis": not redis_url}
+    if not brokers:
+        from worker.embedded_broker import EmbeddedBroker
+
+        echo("starting the embedded Kafka-protocol broker (tansu)…")
+        brokers = stack.enter_context(EmbeddedBroker()).bootstrap
+    if not redis_url:
+        from worker.embedded_redis import EmbeddedRedis
+
+        echo("starting a Redis of our own…")
+        redis_url = stack.enter_context(EmbeddedRedis()).url
+    return brokers, redis_url, embedded
+
+
+def worker_env(brokers: str, redis_url: str, group_id: str, web_port: int, **extra: str) -> dict[str, str]:
+    """The current environment plus the worker's settings (extra: NAME=value → BERTSTREAM_NAME)."""
+    env = {**os.environ, "BERTSTREAM_KAFKA_BROKERS": brokers, "BERTSTREAM_REDIS_URL": redis_url,
+           "BERTSTREAM_GROUP_ID": group_id, "BERTSTREAM_WEB_PORT": str(web_port), "BERTSTREAM_LOG_FORMAT": "json"}
+    env.update({f"BERTSTREAM_{k.upper()}": str(v) for k, v in extra.items()})
+    return env
+
+
+def start_ready_worker(stack: ExitStack, env: dict[str, str], pipelines: list[str], log_path: Path, web_port: int,
+                       timeout_s: float = 300, tick: Callable[[], None] = lambda: None) -> subprocess.Popen[bytes]:
+    """A worker child process, ready (/readyz), stopped (SIGTERM, then SIGKILL) when `stack` closes.
+
+    Raises worker.runner.WorkerStartError with the log tail when it dies or is not ready in time.
+    """
+    proc = start_worker_process(env, pipelines, log_path)
+    stack.callback(stop_process_group, proc, 30.0)
+    wait_ready(proc, web_port, log_path, timeout_s=timeout_s, tick=tick)
+    return proc
+
+
+def peak_rss_mb(pid: int) -> float | None:
+    """Peak resident set size (VmHWM) of a live process, in MiB; None where /proc does not say."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
