@@ -31,7 +31,7 @@ def committed_offsets(settings: Settings, group_id: str) -> dict[tuple[str, int]
 
     from worker.kafka_admin import client_kwargs
 
-    admin = KafkaAdminClient(request_timeout_ms=10000, **client_kwargs(settings))
+    admin = KafkaAdminClient(request_timeout_ms=10000, bootstrap_timeout_ms=10000, **client_kwargs(settings))
     try:
         groups = admin.list_group_offsets({group_id: None})
     finally:
@@ -54,7 +54,7 @@ def high_watermarks(settings: Settings, topics: Iterable[str], timeout_s: float 
 
     from worker.kafka_admin import client_kwargs
 
-    consumer = KafkaConsumer(group_id=None, enable_auto_commit=False, request_timeout_ms=10000,
+    consumer = KafkaConsumer(group_id=None, enable_auto_commit=False, request_timeout_ms=10000, bootstrap_timeout_ms=10000,
                              max_partition_fetch_bytes=64 * 1024, **client_kwargs(settings))
     try:
         known = consumer.topics()
@@ -97,7 +97,7 @@ def scrape(url: str, timeout_s: float = 5.0) -> dict[tuple[str, tuple[tuple[str,
     """One /metrics page as {(sample name, sorted labels): value}."""
     from prometheus_client.parser import text_string_to_metric_families
 
-    with urllib.request.urlopen(url, timeout=timeout_s) as response:  # noqa: S310 - a URL the user gave
+    with urllib.request.urlopen(url, timeout=timeout_s) as response:  # a URL the user gave
         text = response.read().decode("utf-8")
     samples: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
     for family in text_string_to_metric_families(text):
@@ -261,14 +261,18 @@ def status(pipeline_names: tuple[str, ...], metrics_urls: tuple[str, ...], broke
 
     from worker.config import ConfigError, load_pipelines, load_settings, select_pipelines
 
+    settings = None
     try:
         settings = load_settings(kafka_brokers=brokers, group_id=group_id, pipelines_file=pipelines_file)
         pipelines = select_pipelines(load_pipelines(settings.pipelines_file), list(pipeline_names))
         rows = status_rows(settings, pipelines, list(metrics_urls), interval_s=interval_s)
     except (ConfigError, KafkaError, TimeoutError, OSError) as exc:
         message = str(exc) or type(exc).__name__
-        if isinstance(exc, KafkaError):
-            message = f"cannot read offsets from the broker at {brokers or 'BERTSTREAM_KAFKA_BROKERS'}: {message}"
+        if settings is not None and not isinstance(exc, ConfigError):
+            if not message.startswith(type(exc).__name__):
+                message = f"{type(exc).__name__}: {message}"
+            message = (f"cannot read offsets from the Kafka broker {settings.kafka_brokers} ({message}): "
+                       "start one or set --brokers / BERTSTREAM_KAFKA_BROKERS")
         from worker.cli import UserError  # here, not at the top: cli.py registers this command
 
         raise UserError(message) from None

@@ -65,7 +65,7 @@ def metrics_server() -> Iterator[Callable[[CollectorRegistry], str]]:
 
     def start(registry: CollectorRegistry) -> str:
         class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802
+            def do_GET(self) -> None:
                 body = generate_latest(registry)
                 self.send_response(200)
                 self.send_header("Content-Type", "text/plain; version=0.0.4")
@@ -179,3 +179,10 @@ def test_status_command_bad_pipeline_is_one_line(kafka_bootstrap: str) -> None:
     result = CliRunner().invoke(status, ["--brokers", kafka_bootstrap, "--pipeline", "nope", "--interval", "0"])
     assert result.exit_code == 2
     assert "unknown pipeline 'nope'" in result.output
+
+
+def test_status_command_unreachable_broker_is_one_line() -> None:
+    result = CliRunner().invoke(status, ["--brokers", "127.0.0.1:1", "--interval", "0"])
+    assert result.exit_code == 2
+    assert "cannot read offsets from the Kafka broker 127.0.0.1:1" in result.output
+    assert "Traceback" not in result.output
