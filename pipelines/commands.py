@@ -62,7 +62,7 @@ def data_command(names: tuple[str, ...], force: bool, list_only: bool) -> None:
 
 
 @click.command("train")
-@click.option("--data", "source", required=True, help="A built-in dataset (vader, sms_spam, r8, 20news) or a CSV/TSV/JSONL/Parquet file.")
+@click.option("--data", "source", required=True, help="A built-in dataset (vader, sms_spam, r8, 20news) or a CSV/TSV/JSONL/Parquet file; in finetune mode a comma-separated list trains multi-task.")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Output directory (a head dir; in finetune mode an encoder dir with heads/).")
 @click.option("--mode", type=click.Choice(["heads", "finetune"]), default="heads", show_default=True, help="heads: frozen encoder, cached features; finetune: the whole encoder.")
 @click.option("--text-column", default="text", show_default=True)
@@ -72,22 +72,24 @@ def data_command(names: tuple[str, ...], force: bool, list_only: bool) -> None:
 @click.option("--layers", default="-1", show_default=True, help="Comma-separated hidden layers to pool and concatenate, e.g. 2,4,6.")
 @click.option("--hidden", type=int, default=256, show_default=True, help="MLP hidden units; 0 for a linear head.")
 @click.option("--dropout", type=float, default=0.1, show_default=True)
-@click.option("--lr", type=float, default=1e-3, show_default=True)
+@click.option("--lr", type=float, default=None, help="Learning rate (default: 1e-3 for heads, 5e-5 for the encoder in finetune).")
 @click.option("--weight-decay", type=float, default=1e-2, show_default=True)
-@click.option("--batch-size", type=int, default=64, show_default=True)
-@click.option("--epochs", "max_epochs", type=int, default=60, show_default=True, help="Maximum epochs (early stopping usually ends sooner).")
-@click.option("--patience", type=int, default=8, show_default=True, help="Epochs without a better validation macro-F1 before stopping.")
+@click.option("--batch-size", type=int, default=None, help="Batch size (default 64 for heads, 32 for finetune).")
+@click.option("--epochs", "max_epochs", type=int, default=None, help="Maximum epochs (default 60 for heads, 3 for finetune; early stopping usually ends sooner).")
+@click.option("--max-train", type=int, default=None, help="finetune: use at most this many training texts per task (smoke runs).")
+@click.option("--patience", type=int, default=None, help="Epochs without a better validation macro-F1 before stopping (default 8 for heads, 1 for finetune).")
 @click.option("--val-fraction", type=float, default=0.1, show_default=True, help="Stratified validation split carved from the training data.")
 @click.option("--class-weights", type=click.Choice(["none", "balanced", "sqrt"]), default="none", show_default=True)
 @click.option("--label-smoothing", type=float, default=0.0, show_default=True)
-@click.option("--ngram-buckets", type=int, default=0, show_default=True, help="Add a hashed 1-2-gram TF-IDF linear part with this many hash buckets (0: none).")
-@click.option("--ngram-lr", type=float, default=None, help="Learning rate of the n-gram part (default: --lr).")
+@click.option("--ngram-buckets", type=int, default=0, show_default=True, help="Hybrid head: add a hashed 1-2-gram TF-IDF linear SVM part keeping this many hash buckets (0: none; needs scikit-learn to train).")
+@click.option("--ngram-c", type=float, default=1.0, show_default=True, help="C of the n-gram part's linear SVM.")
 @click.option("--half/--no-half", default=False, show_default=True, help="Store weight matrices as float16 (half the size).")
+@click.option("--refit/--no-refit", default=False, show_default=True, help="After validation picks the epoch count (and n-gram weight), retrain on all training data.")
 @click.option("--seed", type=int, default=13, show_default=True)
 @click.option("--no-cache", is_flag=True, help="Do not read or write the feature cache.")
 @_encoder_options
 def train_command(source, out_dir, mode, text_column, label_column, test_file, name, layers, hidden, dropout, lr, weight_decay, batch_size,
-                  max_epochs, patience, val_fraction, class_weights, label_smoothing, ngram_buckets, ngram_lr, half, seed, no_cache,
+                  max_epochs, max_train, patience, val_fraction, class_weights, label_smoothing, ngram_buckets, ngram_c, half, refit, seed, no_cache,
                   model_dir, window, stride, max_windows, precision, device) -> None:
     """Train a task head on a dataset (mode heads) or fine-tune the encoder (mode finetune).
 
@@ -98,20 +100,24 @@ def train_command(source, out_dir, mode, text_column, label_column, test_file, n
     """
     from pipelines import train
 
-    data = train.resolve_data(source, text_column, label_column, test_file)
     command = train.command_line()
     if mode == "finetune":
-        train.finetune(
-            [data], Path(out_dir), model_dir=Path(model_dir) if model_dir else None, epochs=max_epochs, lr=lr,
-            batch_size=batch_size, window=window or 256, seed=seed, val_fraction=val_fraction, patience=patience, command=command,
+        sources = [x for x in source.split(",") if x]
+        data = [train.resolve_data(x, text_column, label_column, test_file) for x in sources]
+        info = train.finetune(
+            data, Path(out_dir), model_dir=Path(model_dir) if model_dir else None, epochs=max_epochs or 3, lr=lr or 5e-5,
+            batch_size=batch_size or 32, window=window or 256, seed=seed, val_fraction=val_fraction,
+            patience=patience or 1, max_train=max_train, command=command, task_names=[name] if name and len(data) == 1 else None,
         )
-        click.echo(f"wrote {out_dir}")
+        click.echo(f"best epoch {info['best_epoch']}: val macro-F1 {info['history']['val_macro_f1'][info['best_epoch'] - 1]}")
+        click.echo(f"wrote {out_dir} (encoder) and {out_dir}/heads/")
         return
+    data = train.resolve_data(source, text_column, label_column, test_file)
     config = train.TrainConfig(
         layers=[int(x) for x in layers.split(",") if x.strip()],
-        hidden=hidden, dropout=dropout, lr=lr, weight_decay=weight_decay, batch_size=batch_size, max_epochs=max_epochs,
-        patience=patience, val_fraction=val_fraction, class_weights=class_weights, label_smoothing=label_smoothing, seed=seed,
-        ngram={"buckets": ngram_buckets, **({"lr": ngram_lr} if ngram_lr else {})} if ngram_buckets else {},
+        hidden=hidden, dropout=dropout, lr=lr or 1e-3, weight_decay=weight_decay, batch_size=batch_size or 64, max_epochs=max_epochs or 60,
+        patience=patience or 8, val_fraction=val_fraction, class_weights=class_weights, label_smoothing=label_smoothing, seed=seed,
+        ngram={"buckets": ngram_buckets, "C": ngram_c} if ngram_buckets else {}, refit=refit,
     )
     encoder = _encoder(model_dir, window, stride, max_windows, precision, device)
     head = train.train_heads(encoder, data, Path(out_dir), config, name=name, use_cache=not no_cache, command=command, half=half)

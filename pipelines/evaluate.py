@@ -253,7 +253,8 @@ def plot_report(report: dict[str, Any], path: Path) -> None:
             ax = axes[1][j]
             ax.axis("on")
             ax.plot(curves["epoch"], curves["train_loss"], label="train loss")
-            ax.plot(curves["epoch"], curves["val_loss"], label="val loss")
+            if "val_loss" in curves:
+                ax.plot(curves["epoch"], curves["val_loss"], label="val loss")
             ax2 = ax.twinx()
             ax2.plot(curves["epoch"], curves["val_macro_f1"], color="green", label="val macro-F1")
             ax.set_xlabel("epoch", fontsize=7)

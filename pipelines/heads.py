@@ -52,14 +52,15 @@ class Head(nn.Module):
             # Which hash buckets are kept (sorted) and their idf: no vocabulary is stored.
             self.register_buffer("ngram_buckets", torch.zeros(buckets, dtype=torch.int64))
             self.register_buffer("ngram_idf", torch.ones(buckets))
-            self.ngram_linear = nn.Linear(buckets, len(spec.labels), bias=False)
+            self.ngram_linear = nn.Linear(buckets, len(spec.labels))
             nn.init.zeros_(self.ngram_linear.weight)
+            nn.init.zeros_(self.ngram_linear.bias)
             self._featurizer = None
 
     def forward(self, features: torch.Tensor, sparse: torch.Tensor | None = None) -> torch.Tensor:
         logits = self.net((features - self.mean) / self.std)
         if self.ngram_linear is not None and sparse is not None:
-            logits = logits + torch.sparse.mm(sparse, self.ngram_linear.weight.t())
+            logits = logits + torch.sparse.mm(sparse, self.ngram_linear.weight.t()) + self.ngram_linear.bias
         return logits
 
     def inputs(self, pooled: dict[int, torch.Tensor]) -> torch.Tensor:
@@ -103,6 +104,8 @@ def save_head(head: Head, directory: Path, *, half: bool = False) -> None:
         k: (v.detach().cpu().to(torch.float16) if half and k not in exact and v.is_floating_point() else v.detach().cpu()).contiguous()
         for k, v in head.state_dict().items()
     }
+    if "ngram_buckets" in state:  # bucket ids < 2**31: int32 halves their size
+        state["ngram_buckets"] = state["ngram_buckets"].to(torch.int32)
     save_file(state, str(directory / WEIGHTS))
     (directory / CONFIG).write_text(json.dumps(asdict(head.spec), indent=2) + "\n")
 

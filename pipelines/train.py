@@ -13,6 +13,7 @@ directory plus one head directory per task, loadable with ``Encoder(EncoderSetti
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import random
@@ -48,6 +49,7 @@ class TrainConfig:
     class_weights: str = "none"  # none | balanced | sqrt
     label_smoothing: float = 0.0
     ngram: dict[str, Any] = field(default_factory=dict)  # hashed n-gram part, see pipelines.ngrams
+    refit: bool = False  # after choosing epochs (and beta) on validation, retrain on all training data
     seed: int = 13
 
 
@@ -147,18 +149,18 @@ def fit_head(
     y_val: torch.Tensor,
     config: TrainConfig,
     *,
-    sparse_train: Any = None,
-    sparse_val: Any = None,
     progress: bool = True,
+    stop_after: int | None = None,
 ) -> FitResult:
-    """Train a Head on dense inputs [n, in_dim] (already layer-concatenated).
+    """Train the dense part of a Head on inputs [n, in_dim] (already layer-concatenated).
 
-    `sparse_train`/`sparse_val`: optional torch sparse CSR inputs for the hashed n-gram part.
     Early stopping: the state with the best validation macro-F1 is kept (ties: lower val loss).
+    `stop_after`: run exactly this many epochs (same learning-rate schedule) and keep the last
+    state: the refit on all training data once validation has chosen the epoch count.
     """
     _seed_all(config.seed)
     t0 = time.time()
-    head = Head(spec)
+    head = Head(dataclasses.replace(spec, ngram={}))  # the dense part; its own spec object
     mean = x_train.mean(dim=0)
     std = x_train.std(dim=0).clamp(min=1e-4)
     head.mean.copy_(mean)
@@ -169,9 +171,6 @@ def fit_head(
     val_loss_fn = nn.CrossEntropyLoss(weight=weights)
     dense_params = [p for n, p in head.named_parameters() if not n.startswith("ngram_linear")]
     groups = [{"params": dense_params, "lr": config.lr, "weight_decay": config.weight_decay}]
-    if head.ngram_linear is not None:
-        groups.append({"params": list(head.ngram_linear.parameters()), "lr": float(config.ngram.get("lr", config.lr)),
-                       "weight_decay": float(config.ngram.get("weight_decay", config.weight_decay))})
     optim = torch.optim.AdamW(groups)
     total_steps = config.max_epochs * math.ceil(len(y_train) / config.batch_size)
     sched = torch.optim.lr_scheduler.OneCycleLR(optim, max_lr=[g["lr"] for g in groups], total_steps=max(total_steps, 1), pct_start=0.1, anneal_strategy="cos")
@@ -189,7 +188,7 @@ def fit_head(
         for start in range(0, len(perm), config.batch_size):
             idx = perm[start : start + config.batch_size]
             xb = x_train[idx]
-            logits = head(xb, _sparse_rows(sparse_train, idx)) if sparse_train is not None else head(xb)
+            logits = head(xb)
             loss = loss_fn(logits, y_train[idx])
             optim.zero_grad(set_to_none=True)
             loss.backward()
@@ -199,7 +198,7 @@ def fit_head(
             seen += len(idx)
         head.eval()
         with torch.no_grad():
-            logits = head(x_val, sparse_val) if sparse_val is not None else head(x_val)
+            logits = head(x_val)
             vloss = float(val_loss_fn(logits, y_val))
             m = summary_metrics(y_val.tolist(), logits.argmax(dim=1).tolist(), n_classes)
         history["epoch"].append(epoch)
@@ -208,6 +207,12 @@ def fit_head(
         history["val_accuracy"].append(round(m["accuracy"], 5))
         history["val_macro_f1"].append(round(m["macro_f1"], 5))
         bar.set_postfix(loss=f"{running / max(seen, 1):.3f}", val_f1=f"{m['macro_f1']:.4f}", best=best_epoch)
+        if stop_after is not None:
+            if epoch >= stop_after:
+                best_state = {k: v.detach().clone() for k, v in head.state_dict().items()}
+                best_epoch = epoch
+                break
+            continue
         if (m["macro_f1"], -vloss) > (best[0], -best[1]):
             best = (m["macro_f1"], vloss)
             best_state = {k: v.detach().clone() for k, v in head.state_dict().items()}
@@ -225,8 +230,70 @@ def fit_head(
     return FitResult(head, history, best_epoch, val_metrics, time.time() - t0)
 
 
-def _sparse_rows(matrix: Any, idx: torch.Tensor) -> Any:
-    return matrix.index_select(0, idx)
+def fit_ngram_part(
+    head: Head,
+    texts: Sequence[str],
+    y: torch.Tensor,
+    train_idx: Sequence[int],
+    val_idx: Sequence[int],
+    x_val: torch.Tensor,
+    options: dict[str, Any],
+) -> dict[str, Any]:
+    """Add the hashed n-gram linear part to a trained dense head (a product of experts).
+
+    A linear SVM (scikit-learn's LinearSVC, squared hinge) is fitted on hashed TF-IDF 1-2-grams
+    of the training split; its scores are added to the dense head's logits with a weight `beta`
+    chosen on the validation split (mean of accuracy and macro-F1). The SVM weights times beta go
+    into ``ngram_linear``. Needs scikit-learn at training time only; inference needs none.
+    """
+    from sklearn.svm import LinearSVC
+
+    from pipelines.ngrams import NgramFeaturizer
+
+    n_classes = len(head.spec.labels)
+    fit_options = {k: v for k, v in options.items() if k not in ("C", "betas")}
+    train_texts = [texts[i] for i in train_idx]
+    featurizer = NgramFeaturizer.fit(train_texts, y[list(train_idx)].tolist(), n_classes, **fit_options)
+    s_train = _to_scipy(featurizer.transform(train_texts))
+    s_val = _to_scipy(featurizer.transform([texts[i] for i in val_idx]))
+    svm = LinearSVC(C=float(options.get("C", 1.0)))
+    svm.fit(s_train, y[list(train_idx)].numpy())
+    coef, intercept = svm.coef_, svm.intercept_
+    if n_classes == 2:  # binary LinearSVC: one score for class 1; as two logits (-s/2, +s/2)
+        coef = np.vstack([-coef / 2, coef / 2])
+        intercept = np.array([-intercept[0] / 2, intercept[0] / 2])
+    with torch.no_grad():
+        dense_logits = head(x_val).numpy()
+    sparse_scores = s_val @ coef.T + intercept
+    y_val = y[list(val_idx)].tolist()
+    trials = []
+    y_val_t = torch.tensor(y_val)
+    for beta in options.get("betas", (0.0, 0.25, 0.5, 1.0, 2.0, 3.0, 4.0, 6.0, 8.0, 12.0, 16.0, 24.0, 32.0)):
+        fused = torch.as_tensor(dense_logits + beta * sparse_scores, dtype=torch.float32)
+        m = summary_metrics(y_val, fused.argmax(dim=1).tolist(), n_classes)
+        nll = float(nn.functional.cross_entropy(fused, y_val_t))
+        trials.append({"beta": beta, "nll": round(nll, 5), **{k: round(v, 5) for k, v in m.items()}})
+    # The fused scores are the head's probabilities: choose beta by validation log-loss (no ties,
+    # unlike accuracy on a small or saturated validation set).
+    best = min(trials, key=lambda t: t["nll"])
+    spec = featurizer.spec()
+    spec.update({"C": float(options.get("C", 1.0)), "beta": best["beta"], "fusion": "dense logits + beta * linear SVM scores"})
+    fresh = Head(dataclasses.replace(head.spec, ngram=spec))
+    fresh.load_state_dict({k: v for k, v in head.state_dict().items() if not k.startswith("ngram_")}, strict=False)
+    fresh.set_ngram_buffers(featurizer)
+    with torch.no_grad():
+        fresh.ngram_linear.weight.copy_(torch.as_tensor(coef * best["beta"], dtype=torch.float32))
+        fresh.ngram_linear.bias.copy_(torch.as_tensor(intercept * best["beta"], dtype=torch.float32))
+    fresh.eval()
+    return {"head": fresh, "beta_trials": trials, "beta": best["beta"], "val": {k: best[k] for k in ("accuracy", "macro_f1", "nll")}}
+
+
+def _to_scipy(x: torch.Tensor) -> Any:
+    import scipy.sparse as sp
+
+    x = x.coalesce()
+    i = x.indices().numpy()
+    return sp.csr_matrix((x.values().numpy(), (i[0], i[1])), shape=tuple(x.shape))
 
 
 def train_heads(
@@ -259,25 +326,29 @@ def train_heads(
         dropout=config.dropout,
         encoder={"name": encoder.name, "version": encoder.version, **_settings_dict(encoder)},
     )
-    sparse_train = sparse_val = None
-    if config.ngram:
-        from pipelines.ngrams import NgramFeaturizer
-
-        options = {k: v for k, v in config.ngram.items() if k not in ("lr", "weight_decay")}
-        featurizer = NgramFeaturizer.fit([texts[i] for i in train_idx], y_all[tr].tolist(), len(data.labels), **options)
-        spec.ngram = featurizer.spec()
-        sparse = featurizer.transform(texts)
-        sparse_train, sparse_val = sparse.index_select(0, tr), sparse.index_select(0, va)
-    result = fit_head(spec, x_all[tr], y_all[tr], x_all[va], y_all[va], config, sparse_train=sparse_train, sparse_val=sparse_val, progress=progress)
+    result = fit_head(spec, x_all[tr], y_all[tr], x_all[va], y_all[va], config, progress=progress)
     head = result.head
+    ngram_info: dict[str, Any] = {}
     if config.ngram:
-        head.set_ngram_buffers(featurizer)
+        ngram_info = fit_ngram_part(head, texts, y_all, train_idx, val_idx, x_all[va], dict(config.ngram))
+        head = ngram_info.pop("head")
+    if config.refit:
+        everything = list(range(len(texts)))
+        refit = fit_head(spec, x_all, y_all, x_all[va], y_all[va], config, progress=progress, stop_after=result.best_epoch)
+        head = refit.head
+        if config.ngram:
+            options = {**config.ngram, "betas": (ngram_info["beta"],)}
+            head = fit_ngram_part(head, texts, y_all, everything, val_idx, x_all[va], options)["head"]
     metrics: dict[str, Any] = {
         "best_epoch": result.best_epoch,
         "val": result.val_metrics,
         "curves": result.history,
         "train_seconds": round(result.seconds, 1),
     }
+    if ngram_info:
+        metrics["val_dense_only"] = metrics["val"]
+        metrics["val"] = {**ngram_info["val"], "loss": None}
+        metrics["ngram"] = {"beta": ngram_info["beta"], "beta_trials": ngram_info["beta_trials"]}
     if data.test:
         test_texts = [t for t, _ in data.test]
         y_test = [label_index.get(label, -1) for _, label in data.test]
@@ -320,3 +391,148 @@ def _settings_dict(encoder: Encoder) -> dict[str, Any]:
 
 def command_line() -> str:
     return "bertstream " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+
+
+# ---------------------------------------------------------------------------------------------
+# mode "finetune": the whole encoder, optionally multi-task
+
+
+def finetune(
+    datasets_: list[Dataset],
+    out_dir: Path,
+    *,
+    model_dir: Path | None = None,
+    model: Any = None,
+    tokenizer: Any = None,
+    task_names: list[str] | None = None,
+    epochs: int = 3,
+    lr: float = 5e-5,
+    head_lr: float = 1e-3,
+    batch_size: int = 32,
+    window: int = 256,
+    seed: int = 13,
+    val_fraction: float = 0.1,
+    patience: int = 1,
+    max_train: int | None = None,
+    command: str = "",
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Fine-tune the whole encoder with one linear head per dataset (multi-task when several).
+
+    Texts are cut to their first `window` tokens for training (inference still reads windows);
+    batches alternate between tasks in proportion to their size; after each epoch every task's
+    validation macro-F1 is measured and the state with the best mean is kept (early stopping
+    after `patience` epochs without improvement). Writes ``out_dir`` as a Hugging Face
+    directory (config, safetensors, tokenizer) plus ``out_dir/heads/<task>/``, heads that load
+    with `Classifier.load(Encoder(EncoderSettings(model_dir=out_dir)), [out_dir/heads/<task>])`.
+    """
+    from transformers import AutoModel, AutoTokenizer
+
+    from pipelines.registry import default_model_dir, file_digest
+
+    _seed_all(seed)
+    t0 = time.time()
+    if model is None or tokenizer is None:
+        source = Path(model_dir) if model_dir else default_model_dir()
+        tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=True)
+        model = AutoModel.from_pretrained(source, local_files_only=True, use_safetensors=True)
+        base_name = str(source)
+    else:
+        base_name = "in-memory"
+    names = task_names or [d.name for d in datasets_]
+    hidden = model.config.hidden_size
+    tasks = []
+    for name, data in zip(names, datasets_):
+        index = {label: i for i, label in enumerate(data.labels)}
+        y = [index[label] for _, label in data.train]
+        tr, va = stratified_val_split(y, val_fraction, seed)
+        if max_train:
+            tr = sorted(random.Random(seed).sample(tr, min(max_train, len(tr))))
+        tasks.append({"name": name, "data": data, "y": y, "train": tr, "val": va, "linear": nn.Linear(hidden, len(data.labels))})
+    linears = nn.ModuleList([t["linear"] for t in tasks])
+    optim = torch.optim.AdamW([{"params": model.parameters(), "lr": lr}, {"params": linears.parameters(), "lr": head_lr}], weight_decay=0.01)
+    steps_per_epoch = sum(math.ceil(len(t["train"]) / batch_size) for t in tasks)
+    sched = torch.optim.lr_scheduler.OneCycleLR(optim, max_lr=[lr, head_lr], total_steps=max(steps_per_epoch * epochs, 1), pct_start=0.1)
+
+    def pooled(texts: list[str]) -> torch.Tensor:
+        enc = tokenizer(texts, truncation=True, max_length=window, padding=True, return_tensors="pt")
+        out = model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"])
+        m = enc["attention_mask"].unsqueeze(-1).float()
+        return (out.last_hidden_state * m).sum(1) / m.sum(1).clamp(min=1)
+
+    def validate() -> dict[str, dict[str, float]]:
+        model.eval()
+        result = {}
+        with torch.no_grad():
+            for t in tasks:
+                preds = []
+                for s in range(0, len(t["val"]), batch_size * 2):
+                    idx = t["val"][s : s + batch_size * 2]
+                    preds += t["linear"](pooled([t["data"].train[i][0] for i in idx])).argmax(1).tolist()
+                result[t["name"]] = summary_metrics([t["y"][i] for i in t["val"]], preds, len(t["data"].labels))
+        return result
+
+    rng = random.Random(seed)
+    history: dict[str, list] = {"epoch": [], "train_loss": [], "val_macro_f1": []}
+    best_score, best_state, best_epoch, stale = -1.0, None, 0, 0
+    for epoch in range(1, epochs + 1):
+        model.train()
+        schedule = []
+        for k, t in enumerate(tasks):
+            order = t["train"][:]
+            rng.shuffle(order)
+            schedule += [(k, order[s : s + batch_size]) for s in range(0, len(order), batch_size)]
+        rng.shuffle(schedule)
+        running = 0.0
+        bar = tqdm(schedule, desc=f"finetune epoch {epoch}/{epochs}", unit="batch", disable=not progress, dynamic_ncols=True)
+        for k, idx in bar:
+            t = tasks[k]
+            logits = t["linear"](pooled([t["data"].train[i][0] for i in idx]))
+            loss = nn.functional.cross_entropy(logits, torch.tensor([t["y"][i] for i in idx]))
+            optim.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(list(model.parameters()) + list(linears.parameters()), 1.0)
+            optim.step()
+            sched.step()
+            running += float(loss.detach())
+            bar.set_postfix(loss=f"{float(loss.detach()):.3f}")
+        val = validate()
+        score = float(np.mean([v["macro_f1"] for v in val.values()]))
+        history["epoch"].append(epoch)
+        history["train_loss"].append(round(running / max(len(schedule), 1), 5))
+        history["val_macro_f1"].append({n: round(v["macro_f1"], 5) for n, v in val.items()})
+        if score > best_score:
+            best_score, best_epoch, stale = score, epoch, 0
+            best_state = ({k: v.detach().clone() for k, v in model.state_dict().items()}, {k: v.detach().clone() for k, v in linears.state_dict().items()})
+        else:
+            stale += 1
+            if stale >= patience:
+                break
+    assert best_state is not None
+    model.load_state_dict(best_state[0])
+    linears.load_state_dict(best_state[1])
+    model.eval()
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out_dir, safe_serialization=True)
+    tokenizer.save_pretrained(out_dir)
+    for stray in list(out_dir.glob("*.bin")) + list(out_dir.glob("*.pt")):
+        stray.unlink()
+    version = file_digest(sorted(out_dir.glob("*.safetensors")))
+    info = {"base": base_name, "tasks": names, "epochs_run": len(history["epoch"]), "best_epoch": best_epoch, "window": window,
+            "lr": lr, "head_lr": head_lr, "batch_size": batch_size, "seed": seed, "val_fraction": val_fraction, "max_train": max_train,
+            "history": history, "seconds": round(time.time() - t0, 1), "command": command}
+    for t in tasks:
+        spec = HeadSpec(name=t["name"], labels=list(t["data"].labels), input_dim=hidden, layers=[-1], hidden=0, dropout=0.0,
+                        encoder={"name": out_dir.name, "version": version, "window_tokens": window})
+        head = Head(spec)
+        with torch.no_grad():
+            head.net[-1].weight.copy_(t["linear"].weight)
+            head.net[-1].bias.copy_(t["linear"].bias)
+        spec.training = {"mode": "finetune", "dataset": t["data"].name, "dataset_fingerprint": t["data"].fingerprint, **{k: v for k, v in info.items() if k != "history"}}
+        spec.metrics = {"best_epoch": best_epoch, "val": {"macro_f1": history["val_macro_f1"][best_epoch - 1][t["name"]]},
+                        "curves": {"epoch": history["epoch"], "train_loss": history["train_loss"],
+                                   "val_macro_f1": [v[t["name"]] for v in history["val_macro_f1"]]}}
+        save_head(head, out_dir / "heads" / t["name"])
+    (out_dir / "bertstream_finetune.json").write_text(json.dumps(info, indent=2) + "\n")
+    return info

@@ -108,7 +108,7 @@ def test_early_stopping_keeps_best_epoch():
 
 def test_hybrid_ngram_head_round_trip(encoder, data, tmp_path):
     out = tmp_path / "hybrid"
-    config = TrainConfig(layers=[-1], hidden=0, max_epochs=10, patience=10, lr=5e-3, ngram={"buckets": 64, "min_df": 1, "lr": 0.05})
+    config = TrainConfig(layers=[-1], hidden=0, max_epochs=10, patience=10, lr=5e-3, ngram={"buckets": 64, "min_df": 1, "C": 1.0})
     head = train_heads(encoder, data, out, config, progress=False, use_cache=False, half=True)
     loaded, _ = load_head(out)
     assert loaded.spec.ngram["buckets"] == loaded.ngram_buckets.numel() <= 64
@@ -159,3 +159,24 @@ def test_train_from_csv(encoder, tmp_path):
     head = train_heads(encoder, data, tmp_path / "csvhead", TrainConfig(hidden=0, max_epochs=8, lr=1e-2), progress=False, use_cache=False)
     assert head.spec.labels == ["neg", "pos"]
     assert head.spec.training["dataset"] == "train"
+
+
+def test_finetune_smoke_writes_hf_dir_and_heads(tokenizer, tmp_path):
+    from pipelines.train import finetune
+
+    torch.manual_seed(0)
+    config = transformers.BertConfig(
+        vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, max_position_embeddings=128
+    )
+    model = transformers.BertModel(config)
+    a = Dataset("toy_a", synthetic(48, 4), [], ["neg", "pos"])
+    b = Dataset("toy_b", [(t, "long" if len(t) > 40 else "short") for t, _ in synthetic(48, 5)], [], ["long", "short"])
+    out = tmp_path / "ft"
+    info = finetune([a, b], out, model=model, tokenizer=tokenizer, epochs=2, lr=1e-3, batch_size=16, window=32, progress=False, patience=2)
+    assert info["tasks"] == ["toy_a", "toy_b"] and 1 <= info["best_epoch"] <= 2
+    assert (out / "config.json").is_file() and list(out.glob("*.safetensors")) and not list(out.glob("*.bin"))
+    enc = Encoder(EncoderSettings(model_dir=out, window_tokens=32, stride_tokens=8, max_windows=2, precision="fp32", device="cpu"))
+    clf = Classifier.load(enc, [str(out / "heads" / "toy_a"), str(out / "heads" / "toy_b")])
+    preds = clf.predict(["a wonderful day", "an awful film"])
+    assert {p.results["toy_a"]["label"] for p in preds} <= {"neg", "pos"}
+    assert {p.results["toy_b"]["label"] for p in preds} <= {"long", "short"}

@@ -1,0 +1,74 @@
+"""Hot reload of the model and heads: on SIGHUP or when their files change, with no restart.
+
+The new classifier is loaded and warmed on a thread of its own while the old one keeps
+serving; then it is swapped in between batches. A failed load keeps the old model.
+"""
+from __future__ import annotations
+
+import asyncio
+import signal
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Callable
+
+import structlog
+
+from pipelines import Classifier
+
+log = structlog.get_logger(__name__)
+
+Fingerprint = tuple[tuple[str, int, int], ...]
+
+
+def fingerprint(directories: list[Path]) -> Fingerprint:
+    """(path, mtime, size) of every file under the directories: changes when any file does."""
+    entries = []
+    for directory in directories:
+        for path in sorted(p for p in Path(directory).rglob("*") if p.is_file()):
+            stat = path.stat()
+            entries.append((str(path), stat.st_mtime_ns, stat.st_size))
+    return tuple(entries)
+
+
+class ModelReloader:
+    def __init__(
+        self,
+        load: Callable[[], Classifier],
+        directories: Callable[[], list[Path]],
+        apply: Callable[[Classifier], None],
+    ) -> None:
+        self._load = load
+        self._directories = directories
+        self._apply = apply
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="reload")
+        self._lock = asyncio.Lock()
+        self._seen = fingerprint(directories())
+        self.reloads = 0
+
+    def install_signal(self, loop: asyncio.AbstractEventLoop) -> None:
+        loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(self.reload("SIGHUP")))
+
+    def _load_warm(self) -> Classifier:
+        classifier = self._load()
+        classifier.predict(["warm-up"] * 8)
+        return classifier
+
+    async def reload(self, reason: str) -> bool:
+        async with self._lock:
+            log.info("model_reloading", reason=reason)
+            loop = asyncio.get_running_loop()
+            try:
+                new = await loop.run_in_executor(self._executor, self._load_warm)
+            except Exception as exc:  # noqa: BLE001 - a bad new model must not take the worker down
+                log.error("model_reload_failed", reason=reason, error=f"{type(exc).__name__}: {exc}", effect="keeping the old model")
+                return False
+            self._seen = fingerprint(self._directories())
+            self._apply(new)
+            self.reloads += 1
+            log.info("model_reloaded", reason=reason, version=new.version())
+            return True
+
+    async def check_files(self) -> None:
+        """Reload when a file of the model or the heads changed since the last load."""
+        if fingerprint(self._directories()) != self._seen:
+            await self.reload("files changed")
