@@ -89,11 +89,11 @@ def _short(text: str, width: int) -> str:
 
 def _print_table(title: str, rows: list[tuple[str, dict[str, Any]]]) -> None:
     click.echo(f"\n{title}")
-    click.echo(f"{'text':<58}  {'labels (score)':<62}  cached")
-    click.echo("-" * 130)
+    click.echo(f"{'text':<48}  {'labels (score)':<84}  cached")
+    click.echo("-" * 142)
     for text, out in rows:
-        labels = ", ".join(f"{task}={r['label']} ({r['score']:.2f})" for task, r in out["results"].items())
-        click.echo(f"{_short(text, 58):<58}  {_short(labels, 62):<62}  {'yes' if out['cached'] else 'no'}")
+        labels = ", ".join(f"{task.removesuffix('_topic')}={_short(r['label'], 24)} ({r['score']:.2f})" for task, r in out["results"].items())
+        click.echo(f"{_short(text, 48):<48}  {_short(labels, 84):<84}  {'yes' if out['cached'] else 'no'}")
 
 
 def run_demo(events: int = 300, rows: int = 12) -> None:
