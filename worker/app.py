@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import threading
 import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
@@ -24,6 +26,43 @@ log = structlog.get_logger(__name__)
 
 SEND_RETRY_S = 1.0
 MAX_IN_FLIGHT = 2  # one batch delivering while the next one is classified
+PRODUCER_MAX_REQUEST_BYTES = 1_048_576  # over processor.MAX_MESSAGE_BYTES; Kafka's default message.max.bytes
+PRODUCER_REQUEST_TIMEOUT_S = 30.0  # a delivery that hangs this long fails and the batch is sent again
+EXIT_SHUTDOWN_TIMEOUT = 3  # exit code when batches in flight could not be delivered within the grace period
+
+
+class App(faust.App):
+    """faust.App with a bounded stop: past `shutdown_grace_s` the process exits without acking.
+
+    Faust's stop waits for every taken event to be acked, and delivery is retried forever, so a
+    broker that is down would hold a SIGTERM forever. What was not acked is redelivered later.
+    """
+
+    shutdown_grace_s: float = 30.0
+
+    async def on_stop(self) -> None:
+        grace = self.shutdown_grace_s
+
+        def force_exit() -> None:
+            log.error("shutdown_timeout", grace_s=grace, effect="exiting; unacked events will be redelivered")
+            logging_flush()
+            os._exit(EXIT_SHUTDOWN_TIMEOUT)
+
+        timer = threading.Timer(grace, force_exit)
+        timer.daemon = True
+        timer.start()
+        log.info("worker_stopping", grace_s=grace)
+        await super().on_stop()
+
+
+def logging_flush() -> None:
+    import logging
+
+    for handler in logging.getLogger().handlers:
+        try:
+            handler.flush()
+        except Exception:  # noqa: BLE001
+            pass
 
 
 def _credentials(settings: Settings) -> Any:
@@ -57,7 +96,7 @@ class WorkerApp:
             settings.redis_url.get_secret_value(), socket_timeout=2, socket_connect_timeout=2, health_check_interval=10
         ) if settings.cache_ttl_s > 0 else None
         self.cache = ResultCache(client, settings.cache_ttl_s, _on_redis_degraded)
-        self.app = faust.App(
+        self.app = App(
             settings.group_id,
             broker=";".join(f"kafka://{b}" for b in settings.kafka_brokers.split(",")),
             broker_credentials=_credentials(settings),
@@ -65,6 +104,8 @@ class WorkerApp:
             broker_heartbeat_interval=settings.heartbeat_s,
             consumer_auto_offset_reset="earliest",
             producer_acks=-1,
+            producer_max_request_size=PRODUCER_MAX_REQUEST_BYTES,
+            producer_request_timeout=PRODUCER_REQUEST_TIMEOUT_S,
             topic_allow_declare=False,
             topic_disable_leader=True,
             web_enabled=settings.web_port > 0,
@@ -72,6 +113,7 @@ class WorkerApp:
             web_host=settings.web_host,
             web_port=settings.web_port,
         )
+        self.app.shutdown_grace_s = settings.shutdown_grace_s
         self.batches_done = 0
         for pipeline in pipelines:
             self._add_agent(pipeline)
@@ -90,16 +132,19 @@ class WorkerApp:
             previous: asyncio.Event | None = None
             try:
                 async for events in stream.noack_take(settings.batch_size, within=settings.batch_window_s):
-                    enqueued = asyncio.Event()
-                    in_flight.append(asyncio.ensure_future(self._handle(stream, processor, events, previous, enqueued)))
-                    previous = enqueued
+                    delivered = asyncio.Event()
+                    in_flight.append(asyncio.ensure_future(self._handle(stream, processor, events, previous, delivered)))
+                    previous = delivered
                     # Backpressure: while MAX_IN_FLIGHT batches are in flight, take no more (Faust's
-                    # buffer fills and the consumer pauses). A stop never cancels a batch: see finally.
+                    # buffer fills and the consumer pauses). A stop never cancels a batch: the task
+                    # leaves the deque only once done, so `finally` still waits for it.
                     while in_flight and (in_flight[0].done() or len(in_flight) >= MAX_IN_FLIGHT):
-                        await asyncio.shield(in_flight.popleft())
+                        await asyncio.shield(in_flight[0])
+                        in_flight.popleft()
             finally:
-                if in_flight:
-                    await asyncio.wait(in_flight, timeout=settings.shutdown_grace_s)
+                pending = [t for t in in_flight if not t.done()]
+                if pending:
+                    await asyncio.wait(pending, timeout=settings.shutdown_grace_s)
 
         agent.__name__ = f"pipeline_{pipeline.name}"
         self.app.agent(self._topic(pipeline.input), name=f"bertstream.{pipeline.name}")(agent)
@@ -110,9 +155,10 @@ class WorkerApp:
         processor: BatchProcessor,
         events: list[faust.EventT],
         previous: asyncio.Event | None,
-        enqueued: asyncio.Event,
+        delivered: asyncio.Event,
     ) -> None:
-        """One batch: classify, produce after the previous batch (per-key order), confirm, then ack."""
+        """One batch: classify (while the previous batch delivers), deliver once the previous batch
+        is delivered (per-key order, retries included), then ack."""
         name = processor.pipeline.name
         started = time.perf_counter()
         records = [
@@ -129,9 +175,9 @@ class WorkerApp:
             if previous is not None:
                 await previous.wait()
             futures = await self._enqueue(outgoing)
+            await self._confirm(name, outgoing, futures)
         finally:
-            enqueued.set()
-        await self._confirm(name, outgoing, futures)
+            delivered.set()
         # Ack only after every output of the batch is confirmed by the broker.
         for event in events:
             await stream.ack(event)
@@ -186,7 +232,8 @@ class WorkerApp:
 
         @self.app.page("/metrics")
         async def prometheus(web: Any, request: Any) -> Any:
-            return web.bytes(generate_latest(), content_type=CONTENT_TYPE_LATEST)
+            # aiohttp refuses a charset inside content_type: the exposition format is plain ASCII text.
+            return web.bytes(generate_latest(), content_type=CONTENT_TYPE_LATEST.split(";")[0])
 
     def warm_up(self) -> None:
         self.classifier.predict(["warm-up"] * 8)

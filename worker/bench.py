@@ -109,7 +109,7 @@ def run_bench(out: Path, events: int | None = None, quick: bool = False, heads: 
     report: dict[str, Any] = {"meta": {
         "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"), "cpu": _cpu_name(),
         "cores": os.cpu_count(), "device": str(device), "precision": default_precision, "tasks": tasks, "heads": heads,
-        "quick": quick, "sizes": sizes, "batch_size": settings.batch_size, "batch_window_s": settings.batch_window_s,
+        "quick": quick, "sizes": sizes, "threads_setting": settings.threads, "batch_size": settings.batch_size, "batch_window_s": settings.batch_window_s,
         "load_avg_at_start": list(os.getloadavg()), "run_id": run}}
     with ExitStack() as stack:
         brokers, redis_url, embedded = services(stack, echo, brokers, redis_url)
@@ -119,7 +119,7 @@ def run_bench(out: Path, events: int | None = None, quick: bool = False, heads: 
 
             echo(f"A: naive loop on {sizes['baseline']} events")
             report["A"] = run_baseline(brokers, heads, bench_data.events(short[: sizes["baseline"]], f"{run}-a"),
-                                       settings.model_dir)
+                                       settings.model_dir, device=str(device))
         model = run_model_suite(heads + extra_heads, tasks, short, long, settings.batch_size, default_precision, precisions,
                                 sizes["sweep"], sizes["min_seconds"], evals,
                                 short[: sizes["agreement"]] + long[:8], echo)
@@ -131,6 +131,9 @@ def run_bench(out: Path, events: int | None = None, quick: bool = False, heads: 
                                           + ": label agreement vs fp32 on the bench texts only")
         report["length_scaling"] = {"model_only": model.pop("length")}
         report["meta"].update({k: v for k, v in model.pop("info").items() if k not in ("device", "precision")})
+        import torch
+
+        report["meta"]["torch_threads_model_only"] = torch.get_num_threads()
         report["model_only"] = model
         stream = run_stream_suite(brokers, redis_url, heads, bench_data.short_texts, bench_data.long_texts, sizes["events"],
                                   sizes["long_e2e"], sizes["scaling"], sizes["loads"], sizes["load_seconds"], log=echo)
@@ -158,8 +161,11 @@ def run_bench(out: Path, events: int | None = None, quick: bool = False, heads: 
 @click.option("--quick", is_flag=True, help="Small sizes and short timings: a smoke run, not a measurement.")
 @click.option("--heads", default=",".join(DEFAULT_HEADS), show_default=True,
               help="Comma-separated heads (committed names or head directories) for A, B, C and D.")
+@click.option("--threads", type=click.IntRange(min=0), default=None,
+              help="torch intra-op threads for every path (A, B and the worker); sets BERTSTREAM_THREADS. "
+                   "Default: BERTSTREAM_THREADS, else torch's default (one per core).")
 @click.option("--skip-baseline", is_flag=True, help="Skip A (the naive loop).")
-def bench(out: Path, events: int | None, quick: bool, heads: str, skip_baseline: bool) -> None:
+def bench(out: Path, events: int | None, quick: bool, heads: str, threads: int | None, skip_baseline: bool) -> None:
     """Throughput and latency of our path against the baselines, in one run.
 
     Uses BERTSTREAM_KAFKA_BROKERS / BERTSTREAM_REDIS_URL when set, otherwise starts an embedded
@@ -167,6 +173,8 @@ def bench(out: Path, events: int | None, quick: bool, heads: str, skip_baseline:
     """
     from pipelines.registry import ModelNotFoundError
 
+    if threads is not None:
+        os.environ["BERTSTREAM_THREADS"] = str(threads)  # read by load_settings here and by the worker child
     try:
         run_bench(out, events, quick, [h.strip() for h in heads.split(",") if h.strip()], skip_baseline=skip_baseline)
     except ModelNotFoundError as exc:

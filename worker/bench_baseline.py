@@ -4,7 +4,7 @@ A kafka-python consumer loop that, per message, runs a transformers pipeline, ap
 and produces the result with kafka-python. `pipeline("text-classification")` would need a
 BertForSequenceClassification checkpoint, which we do not have: our heads sit on pooled encoder
 features. So the honest equivalent is `pipeline("feature-extraction")` on the same encoder
-directory (fp32, one text per call), mean pooling, then our committed heads, one message at a time.
+directory (fp32, one text per call, on the bench's device), mean pooling, then our committed heads, one message at a time.
 """
 from __future__ import annotations
 
@@ -20,14 +20,14 @@ NOTE = ("kafka-python consumer loop; per message: transformers pipeline('feature
         "pooled features, so feature-extraction + the same heads is the equivalent.")
 
 
-def _pipeline(model_dir: Path, layers: set[int]) -> Any:
+def _pipeline(model_dir: Path, layers: set[int], device: str) -> Any:
     import transformers
     from transformers import pipeline
     from transformers.pipelines import FeatureExtractionPipeline
 
     transformers.logging.set_verbosity_error()
     if layers == {-1}:
-        return pipeline("feature-extraction", model=str(model_dir), device="cpu")
+        return pipeline("feature-extraction", model=str(model_dir), device=device)
 
     class HiddenStates(FeatureExtractionPipeline):
         """Heads that read other layers than the last: the pipeline returns every hidden state."""
@@ -38,11 +38,11 @@ def _pipeline(model_dir: Path, layers: set[int]) -> Any:
     from transformers import AutoModel, AutoTokenizer
 
     model = AutoModel.from_pretrained(str(model_dir), output_hidden_states=True)
-    return HiddenStates(model=model, tokenizer=AutoTokenizer.from_pretrained(str(model_dir)), device="cpu")
+    return HiddenStates(model=model, tokenizer=AutoTokenizer.from_pretrained(str(model_dir)), device=device)
 
 
 def run_baseline(brokers: str, heads: list[str], values: list[tuple[str, bytes]], model_dir: Path | None,
-                 timeout_s: float = 900) -> dict[str, Any]:
+                 device: str = "cpu", timeout_s: float = 900) -> dict[str, Any]:
     """Produce `values` up front to a fresh topic, then time the naive loop from its first record
     to the flush of its last output."""
     import torch
@@ -53,19 +53,21 @@ def run_baseline(brokers: str, heads: list[str], values: list[tuple[str, bytes]]
     from worker.config import load_settings
     from worker.kafka_admin import ensure_topics
 
+    settings = load_settings(kafka_brokers=brokers)
+    if settings.threads > 0:  # the same thread setting as our engine (BERTSTREAM_THREADS)
+        torch.set_num_threads(settings.threads)
     model_dir = Path(model_dir) if model_dir else default_model_dir()
     loaded = {task_name(h): load_head(resolve_head_dir(h))[0] for h in heads}
     layers = {layer for head in loaded.values() for layer in head.spec.layers}
     run = uuid.uuid4().hex[:8]
     topic_in, topic_out = f"bench-{run}-naive-in", f"bench-{run}-naive-out"
-    settings = load_settings(kafka_brokers=brokers)
     ensure_topics(settings, [topic_in, topic_out], partitions=1)
     producer = KafkaProducer(bootstrap_servers=brokers.split(","), acks="all", linger_ms=5)
     for _, value in values:
         producer.send(topic_in, value)
     producer.flush()
 
-    pipe = _pipeline(model_dir, layers)
+    pipe = _pipeline(model_dir, layers, device)
     pipe("warm-up")  # the model is loaded and has run once before the clock starts
     consumer = KafkaConsumer(topic_in, bootstrap_servers=brokers.split(","), group_id=f"bench-naive-{run}",
                              auto_offset_reset="earliest", session_timeout_ms=6000, heartbeat_interval_ms=1000)
@@ -85,7 +87,8 @@ def run_baseline(brokers: str, heads: list[str], values: list[tuple[str, bytes]]
                         if layers == {-1}:
                             pooled = {-1: torch.tensor(out[0]).mean(dim=0, keepdim=True)}
                         else:
-                            pooled = {layer: out.hidden_states[layer][0].mean(dim=0, keepdim=True) for layer in layers}
+                            pooled = {layer: out.hidden_states[layer][0].float().cpu().mean(dim=0, keepdim=True)
+                                      for layer in layers}
                         results = {}
                         for task, head in loaded.items():
                             probs = torch.softmax(head.predict_features(pooled, [event["text"]]), dim=1)[0]
@@ -101,4 +104,5 @@ def run_baseline(brokers: str, heads: list[str], values: list[tuple[str, bytes]]
         producer.close()
     if done < len(values):
         raise RuntimeError(f"naive baseline: {done}/{len(values)} events within {timeout_s:.0f}s")
-    return {"events": done, "seconds": round(seconds, 4), "events_per_s": round(done / seconds, 2), "note": NOTE}
+    return {"events": done, "seconds": round(seconds, 4), "events_per_s": round(done / seconds, 2), "device": device,
+            "torch_threads": torch.get_num_threads(), "note": NOTE}

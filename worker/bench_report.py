@@ -2,8 +2,9 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 
 def _get(report: dict[str, Any], *path: str) -> Any:
@@ -95,6 +96,8 @@ def format_table(report: dict[str, Any]) -> str:
     if b:
         row(f"B  model only, {b.get('precision')} batch {b.get('batch')}", b)
     for precision, entry in (_get(report, "model_only", "precisions") or {}).items():
+        if b and precision == b.get("precision") and b.get("batch") == 64:
+            continue  # that is B
         row(f"   model only, {precision} batch 64", entry.get("batch64"))
     c, d = report.get("C"), report.get("D")
     row("C  worker end to end, cold cache", c, f"mean batch {_get(c or {}, 'worker', 'mean_batch')}")
@@ -108,7 +111,8 @@ def format_table(report: dict[str, Any]) -> str:
         for p in report["latency"]:
             lines.append(f"   offered {p['offered_events_per_s']:>8,.1f}/s ({p['fraction_of_peak']:.0%} of C)  achieved "
                          f"{p['achieved_events_per_s']:>8,.1f}/s  p50 {p['p50_ms']:>7.1f}  p95 {p['p95_ms']:>7.1f}  "
-                         f"p99 {p['p99_ms']:>7.1f} ms")
+                         f"p99 {p['p99_ms']:>7.1f} ms"
+                         + (f"  (worker-side p99 {p['worker_side']['p99_ms']:.1f})" if p.get("worker_side") else ""))
     if report.get("batch_sweep"):
         lines.append("model only by batch size: " + ", ".join(f"{s['batch']}: {s['events_per_s']:,.0f}/s" for s in report["batch_sweep"]))
     ls = report.get("length_scaling", {})
@@ -125,7 +129,7 @@ def format_table(report: dict[str, Any]) -> str:
         lines.append("accuracy parity (" + (", ".join(f"{s['dataset']} {s['texts']} texts" for s in acc.get("sets", [])) or
                                              f"no labelled set: {acc.get('note', '')}") + "):")
         for precision, prow in acc["per_precision"].items():
-            parts = [f"{v['dataset'] if 'dataset' in v else k}: acc {v['accuracy']:.2f} (Δ {v['delta_points']:+.2f}, agree {v['agreement_vs_fp32']:.1f}%)"
+            parts = [f"{v.get('dataset', k)}: acc {v['accuracy']:.2f} (Δ {v['delta_points']:+.2f}, agree {v['agreement_vs_fp32']:.1f}%)"
                      for k, v in prow.items() if isinstance(v, dict) and "accuracy" in v]
             agree = prow.get("agreement_vs_fp32_bench_texts", {})
             parts.append("bench texts agree " + ", ".join(f"{t} {a:.1f}%" for t, a in agree.items()))

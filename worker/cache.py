@@ -14,6 +14,26 @@ from redis.exceptions import RedisError
 
 KEY_PREFIX = "bertstream:v1"
 
+# Claim event ids for their first source record: SET NX, else the source that holds the id.
+# One round trip per batch, atomic per id; returns, per key, the source that owns the id.
+_CLAIM_IDS = """
+local out = {}
+for i, key in ipairs(KEYS) do
+  local mine = ARGV[i + 1]
+  if redis.call('SET', key, mine, 'NX', 'EX', ARGV[1]) then
+    out[i] = mine
+  else
+    out[i] = redis.call('GET', key) or mine
+  end
+end
+return out
+"""
+
+
+def id_key(pipeline: str, topic: str, event_id: str) -> str:
+    """Key of an event id's claim: per pipeline and input topic."""
+    return f"{KEY_PREFIX}:id:{pipeline}:{topic}:{event_id}"
+
 
 def cache_key(model_version: str, tasks: list[str], text: str) -> str:
     digest = hashlib.sha256(text.encode("utf-8")).hexdigest()
@@ -50,7 +70,7 @@ class ResultCache:
             self._set_degraded(True, f"{type(exc).__name__}: {exc}")
             return [None] * len(keys)
         self._set_degraded(False)
-        return [json.loads(v) if v is not None else None for v in values]
+        return [_load(v) for v in values]
 
     async def set_many(self, items: dict[str, dict[str, Any]]) -> None:
         if not self.enabled or not items:
@@ -65,6 +85,19 @@ class ResultCache:
             return
         self._set_degraded(False)
 
+    async def claim_ids(self, keys: list[str], owners: list[str]) -> list[str | None]:
+        """For each id key, the source (topic:partition:offset) that first claimed it, this one if
+        none did; None for all while Redis is down (duplicates then go through: fail open)."""
+        if not self.enabled or not keys:
+            return [None] * len(keys)
+        try:
+            found = await self.client.eval(_CLAIM_IDS, len(keys), *keys, self.ttl_s, *owners)
+        except (RedisError, OSError) as exc:
+            self._set_degraded(True, f"{type(exc).__name__}: {exc}")
+            return [None] * len(keys)
+        self._set_degraded(False)
+        return [v.decode("utf-8") if isinstance(v, bytes) else v for v in found]
+
     async def ping(self) -> bool:
         if self.client is None:
             return False
@@ -72,3 +105,16 @@ class ResultCache:
             return bool(await self.client.ping())
         except (RedisError, OSError):
             return False
+
+
+def _load(value: bytes | None) -> dict[str, Any] | None:
+    """A cached result, or None (a miss) when absent or not what this version wrote."""
+    if value is None:
+        return None
+    try:
+        doc = json.loads(value)
+    except ValueError:
+        return None
+    if not isinstance(doc, dict) or not isinstance(doc.get("results"), dict) or not isinstance(doc.get("truncated"), bool):
+        return None
+    return doc

@@ -2,11 +2,17 @@
 
 Input:       {"id": str?, "text": str, "metadata": object?}
 Output:      {"id", "results", "model", "cached", "truncated", "source", "metadata", "latency_ms"}
-Dead letter: {"error", "detail", "source", "raw", "raw_encoding"}
+Dead letter: {"error", "detail", "source", "raw", "raw_encoding", "raw_size", "raw_sha256", "raw_truncated"}
+
+A dead letter carries the original bytes losslessly while it fits in DEAD_LETTER_MAX_BYTES (under
+the producer's and Kafka's default ~1 MB message limit). A bigger one (a 10 MB event, or a 1 MB
+event that JSON escaping blows up) carries the first RAW_PREFIX_BYTES bytes, the original size and
+its SHA-256, with raw_truncated=true; its source (topic, partition, offset) re-reads the original.
 """
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import math
 import unicodedata
@@ -15,6 +21,8 @@ from typing import Any
 
 MAX_ID_CHARS = 256
 MAX_DEPTH = 32
+DEAD_LETTER_MAX_BYTES = 900_000  # a dead letter never exceeds this: it always fits a ~1 MB Kafka message
+RAW_PREFIX_BYTES = 65_536  # what a clipped dead letter keeps of the original bytes
 
 
 @dataclass(frozen=True)
@@ -172,18 +180,44 @@ def encode_output(
     )
 
 
-def encode_dead_letter(code: str, detail: str, source: Source, raw: bytes | None) -> bytes:
-    """The original bytes travel losslessly: as text when they are UTF-8, else base64."""
-    raw = raw or b""
+def _raw_field(raw: bytes) -> tuple[str, str]:
     try:
-        text, encoding = raw.decode("utf-8"), "utf-8"
+        return raw.decode("utf-8"), "utf-8"
     except UnicodeDecodeError:
-        text, encoding = base64.b64encode(raw).decode("ascii"), "base64"
-    return _dumps({"error": code, "detail": detail, "source": asdict(source), "raw": text, "raw_encoding": encoding})
+        return base64.b64encode(raw).decode("ascii"), "base64"
+
+
+def _prefix(raw: bytes, limit: int) -> bytes:
+    """The first `limit` bytes, cut back to a UTF-8 character boundary when the bytes are UTF-8."""
+    cut = raw[:limit]
+    for back in range(4):
+        try:
+            (cut[: len(cut) - back] if back else cut).decode("utf-8")
+            return cut[: len(cut) - back] if back else cut
+        except UnicodeDecodeError:
+            continue
+    return cut
+
+
+def encode_dead_letter(
+    code: str, detail: str, source: Source, raw: bytes | None, max_bytes: int = DEAD_LETTER_MAX_BYTES
+) -> bytes:
+    """The original bytes travel losslessly (as text when UTF-8, else base64) while the dead letter
+    fits in `max_bytes`; past that, the first RAW_PREFIX_BYTES bytes with raw_truncated=true."""
+    raw = raw or b""
+    doc: dict[str, Any] = {"error": code, "detail": detail, "source": asdict(source)}
+    meta = {"raw_size": len(raw), "raw_sha256": hashlib.sha256(raw).hexdigest()}
+    text, encoding = _raw_field(raw)
+    value = _dumps({**doc, "raw": text, "raw_encoding": encoding, **meta, "raw_truncated": False})
+    if len(value) <= max_bytes:
+        return value
+    limit = min(RAW_PREFIX_BYTES, max(0, max_bytes // 8))  # worst JSON escaping is 6 bytes per byte
+    text, encoding = _raw_field(_prefix(raw, limit))
+    return _dumps({**doc, "raw": text, "raw_encoding": encoding, **meta, "raw_truncated": True})
 
 
 def raw_bytes(dead_letter: dict[str, Any]) -> bytes:
-    """The original bytes back from a decoded dead letter."""
+    """The original bytes back from a decoded dead letter (only their first part when raw_truncated)."""
     if dead_letter["raw_encoding"] == "base64":
         return base64.b64decode(dead_letter["raw"])
     return dead_letter["raw"].encode("utf-8")

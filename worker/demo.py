@@ -92,7 +92,7 @@ def _print_table(title: str, rows: list[tuple[str, dict[str, Any]]]) -> None:
     click.echo(f"{'text':<48}  {'labels (score)':<84}  cached")
     click.echo("-" * 142)
     for text, out in rows:
-        labels = ", ".join(f"{task.removesuffix('_topic')}={_short(r['label'], 24)} ({r['score']:.2f})" for task, r in out["results"].items())
+        labels = ", ".join(f"{'topic' if task.endswith('_topic') else task}={_short(r['label'], 24)} ({r['score']:.2f})" for task, r in out["results"].items())
         click.echo(f"{_short(text, 48):<48}  {_short(labels, 84):<84}  {'yes' if out['cached'] else 'no'}")
 
 

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import os
 import subprocess
+from collections.abc import Callable
 from contextlib import ExitStack
 from pathlib import Path
-from typing import Callable
 
 from worker.procutil import stop_process_group
 from worker.runner import start_worker_process, wait_ready

@@ -14,11 +14,23 @@ import structlog
 
 from pipelines import Classifier, Prediction
 from worker import metrics
-from worker.cache import ResultCache, cache_key
+from worker.cache import ResultCache, cache_key, id_key
 from worker.codec import DecodeError, InputEvent, Source, decode, encode_dead_letter, encode_output
 from worker.config import Pipeline
 
 log = structlog.get_logger(__name__)
+
+# The largest message (key + value) the worker produces: under the producer's max_request_size
+# (set to 1 MiB in worker.app) and Kafka's default message.max.bytes (1,048,588). A bigger output
+# would fail delivery on every retry and stall its partition, so it becomes a dead letter.
+MAX_MESSAGE_BYTES = 1_000_000
+MAX_KEY_BYTES = 65_536  # a dead letter drops a bigger record key (the source offset identifies it)
+
+# Dead-letter codes the processor adds to the codec's DecodeError codes.
+DUPLICATE_ID = "duplicate_id"  # an explicit id already claimed by another source record
+OUTPUT_TOO_LARGE = "output_too_large"
+MODEL_ERROR = "model_error"
+INTERNAL_ERROR = "internal_error"
 
 
 @dataclass(frozen=True)
@@ -55,38 +67,85 @@ class BatchProcessor:
         self.model = {"name": classifier.encoder.name, "version": self.model_version}
 
     async def process(self, records: list[Record]) -> list[Outgoing]:
+        """One Outgoing per record, in input order: an output or a dead letter. Never raises:
+        an unexpected failure dead-letters the batch as internal_error (raw bytes kept)."""
         name = self.pipeline.name
         metrics.EVENTS_IN.labels(name).inc(len(records))
         metrics.BATCH_SIZE.labels(name).observe(len(records))
+        try:
+            return await self._process(records)
+        except Exception as exc:  # noqa: BLE001 - nothing may stall or drop the batch
+            log.exception("batch_failed", pipeline=name, events=len(records), error=f"{type(exc).__name__}: {exc}")
+            detail = f"the worker failed on this batch ({type(exc).__name__}); see the worker log"
+            return [self._dead_letter(INTERNAL_ERROR, detail, r) for r in records]
+
+    def _dead_letter(self, code: str, detail: str, record: Record) -> Outgoing:
+        metrics.DEAD_LETTERS.labels(self.pipeline.name, code).inc()
+        key = record.key if record.key is None or len(record.key) <= MAX_KEY_BYTES else None
+        value = encode_dead_letter(code, detail, record.source, record.raw)
+        return Outgoing(self.pipeline.dead_letter, key, value, dead_letter=True)
+
+    async def _process(self, records: list[Record]) -> list[Outgoing]:
+        name = self.pipeline.name
         slots: list[Outgoing | InputEvent] = []
         for record in records:
             try:
                 slots.append(decode(record.raw, record.source, self.max_event_bytes))
             except DecodeError as err:
-                metrics.DEAD_LETTERS.labels(name, err.code).inc()
                 log.warning("dead_letter", pipeline=name, error=err.code, detail=err.detail, **record.source.__dict__)
-                value = encode_dead_letter(err.code, err.detail, record.source, record.raw)
-                slots.append(Outgoing(self.pipeline.dead_letter, record.key, value, dead_letter=True))
+                slots.append(self._dead_letter(err.code, err.detail, record))
+        by_source = {r.source: r for r in records}
+        slots = await self._drop_duplicate_ids(slots, by_source)
         events = [s for s in slots if isinstance(s, InputEvent)]
         found = await self._results(events)
         out: list[Outgoing] = []
         now_ms = time.time() * 1000
-        by_source = {r.source: r for r in records}
         for slot in slots:
             if isinstance(slot, Outgoing):
                 out.append(slot)
                 continue
             record = by_source[slot.source]
             if slot.source not in found:  # the model failed on this text alone
-                metrics.DEAD_LETTERS.labels(name, "model_error").inc()
-                value = encode_dead_letter("model_error", "the model failed on this event; see the worker log", slot.source, record.raw)
-                out.append(Outgoing(self.pipeline.dead_letter, record.key, value, dead_letter=True))
+                out.append(self._dead_letter(MODEL_ERROR, "the model failed on this event; see the worker log", record))
                 continue
             results, truncated, cached = found[slot.source]
             latency = now_ms - record.timestamp_ms if record.timestamp_ms else 0.0
             value = encode_output(slot, results, self.model, cached=cached, truncated=truncated, latency_ms=latency)
             key = record.key if record.key is not None else slot.id.encode("utf-8")
+            if len(key) + len(value) > MAX_MESSAGE_BYTES:
+                detail = f"the output would be {len(key) + len(value)} bytes, over the {MAX_MESSAGE_BYTES}-byte message limit"
+                log.warning("dead_letter", pipeline=name, error=OUTPUT_TOO_LARGE, detail=detail, **slot.source.__dict__)
+                out.append(self._dead_letter(OUTPUT_TOO_LARGE, detail, record))
+                continue
             out.append(Outgoing(self.pipeline.route_for(results), key, value))
+        return out
+
+    async def _drop_duplicate_ids(
+        self, slots: list[Outgoing | InputEvent], by_source: dict[Source, Record]
+    ) -> list[Outgoing | InputEvent]:
+        """An explicit id already claimed by another source record is a duplicate_id dead letter.
+
+        The claim (Redis SET NX, TTL = the cache TTL) stores the source record that first carried
+        the id, so a redelivery of that same record (at-least-once) is not a duplicate: it gets
+        the same output again. Derived ids (topic:partition:offset) cannot collide and are not
+        claimed. While Redis is down nothing is claimed: duplicates go through as outputs.
+        """
+        claims = [s for s in slots if isinstance(s, InputEvent) and s.id != s.source.derived_id()]
+        if not claims:
+            return slots
+        keys = [id_key(self.pipeline.name, c.source.topic, c.id) for c in claims]
+        owners = await self.cache.claim_ids(keys, [c.source.derived_id() for c in claims])
+        duplicates = {c.source: owner for c, owner in zip(claims, owners) if owner is not None and owner != c.source.derived_id()}
+        if not duplicates:
+            return slots
+        out: list[Outgoing | InputEvent] = []
+        for slot in slots:
+            if isinstance(slot, InputEvent) and slot.source in duplicates:
+                detail = f"id {slot.id[:80]!r} was first used by record {duplicates[slot.source]}"
+                log.warning("dead_letter", pipeline=self.pipeline.name, error=DUPLICATE_ID, detail=detail, **slot.source.__dict__)
+                out.append(self._dead_letter(DUPLICATE_ID, detail, by_source[slot.source]))
+            else:
+                out.append(slot)
         return out
 
     async def _results(self, events: list[InputEvent]) -> dict[Source, tuple[dict, bool, bool]]:
