@@ -8,6 +8,7 @@ output id with its arrival time; every phase produces its events, then waits for
 from __future__ import annotations
 
 import json
+import os
 import re
 import tempfile
 import threading
@@ -191,6 +192,7 @@ class StreamBench:
         """All events produced up front; seconds from the first send to the last output's arrival."""
         values = make_events(texts, f"{self.run_id}-{label}")
         before = self.metrics()
+        cpu_before = cpu_seconds(self.proc.pid)
         started = time.perf_counter()
         for _, value in values:
             self.producer.send(self.topics["in"], value)
@@ -199,9 +201,15 @@ class StreamBench:
         last = max(t for t, _ in arrived.values())
         seconds = last - started
         after = self.metrics()
+        cpu_after = cpu_seconds(self.proc.pid)
         result = {"events": len(values), "seconds": round(seconds, 4), "events_per_s": round(len(values) / seconds, 2),
                   "cached": sum(1 for _, c in arrived.values() if c)}
         result.update(_worker_stats(before, after, seconds))
+        if cpu_before is not None and cpu_after is not None:
+            # The CPU the worker process got: cores busy on average over the phase (includes the
+            # tail after the last output, up to the /metrics read).
+            result.setdefault("worker", {})["cpu_seconds"] = round(cpu_after - cpu_before, 3)
+            result["worker"]["cores_busy"] = round((cpu_after - cpu_before) / seconds, 3)
         return result
 
     def paced(self, texts: list[str], rate: float, label: str) -> dict[str, Any]:
@@ -228,6 +236,15 @@ class StreamBench:
 
     def peak_rss_mb(self) -> float | None:
         return round(peak_rss_mb(self.proc.pid), 1) if self.proc is not None and peak_rss_mb(self.proc.pid) else None
+
+
+def cpu_seconds(pid: int) -> float | None:
+    """User + system CPU time of a live process (all its threads), from /proc/<pid>/stat."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def _worker_stats(before: dict[str, float], after: dict[str, float], seconds: float) -> dict[str, Any]:
