@@ -7,7 +7,7 @@ import threading
 import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, Callable
 
 import faust
 import redis.asyncio as aioredis
@@ -21,6 +21,7 @@ from worker.codec import Source
 from worker.config import Pipeline, Settings
 from worker.kafka_admin import ssl_context
 from worker.processor import BatchProcessor, Outgoing, Record
+from worker.reload import ModelReloader
 
 log = structlog.get_logger(__name__)
 
@@ -86,10 +87,20 @@ def _on_redis_degraded(degraded: bool, reason: str) -> None:
 class WorkerApp:
     """Builds the Faust app around a loaded classifier; `app` is what a faust.Worker runs."""
 
-    def __init__(self, settings: Settings, pipelines: list[Pipeline], classifier: Classifier) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        pipelines: list[Pipeline],
+        classifier: Classifier,
+        reloader: Callable[[Callable[[Classifier], None]], ModelReloader] | None = None,
+    ) -> None:
         self.settings = settings
         self.pipelines = pipelines
         self.classifier = classifier
+        self.processors: list[BatchProcessor] = []
+        self._pipeline_by_input = {p.input: p.name for p in pipelines}
+        self._processed: dict[tuple[str, int], int] = {}  # next offset after the last acked, per input partition
+        self._lag_labels: set[tuple[str, str, str]] = set()
         # One thread owns the model: torch releases the GIL, the event loop stays free.
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model")
         client = aioredis.from_url(
@@ -118,13 +129,65 @@ class WorkerApp:
         for pipeline in pipelines:
             self._add_agent(pipeline)
         self._add_views()
+        self.reloader = reloader(self.use) if reloader else None
+        self._add_timers()
         metrics.MODEL_INFO.info({"name": classifier.encoder.name, "version": classifier.version()})
+
+    def use(self, classifier: Classifier) -> None:
+        """Swap in a new, warm classifier: batches already started finish with the old one."""
+        self.classifier = classifier
+        for processor in self.processors:
+            processor.use(classifier)
+        metrics.MODEL_INFO.info({"name": classifier.encoder.name, "version": classifier.version()})
+
+    def _add_timers(self) -> None:
+        @self.app.timer(interval=self.settings.lag_interval_s)
+        async def consumer_lag() -> None:
+            await self.update_lag()
+
+        if self.reloader is None:
+            return
+        reloader = self.reloader
+
+        @self.app.task
+        async def reload_on_sighup() -> None:
+            reloader.install_signal(asyncio.get_running_loop())
+
+        if self.settings.reload_check_s > 0:
+            @self.app.timer(interval=self.settings.reload_check_s)
+            async def reload_on_change() -> None:
+                await reloader.check_files()
+
+    async def update_lag(self) -> None:
+        """Lag per assigned input partition: the fetch high watermark minus the next offset to process.
+
+        The high watermark comes from fetch responses (exact on every broker; the embedded one's
+        ListOffsets "latest" is not)."""
+        consumer = self.app.consumer
+        seen: set[tuple[str, str, str]] = set()
+        for tp in consumer.assignment():
+            pipeline = self._pipeline_by_input.get(tp.topic)
+            highwater = consumer.highwater(tp) if pipeline else None
+            if highwater is None:
+                continue
+            done = self._processed.get((tp.topic, tp.partition))
+            if done is None:
+                done = await consumer.position(tp)
+            if done is None:
+                continue
+            labels = (pipeline, tp.topic, str(tp.partition))
+            metrics.CONSUMER_LAG.labels(*labels).set(max(0, highwater - done))
+            seen.add(labels)
+        for labels in self._lag_labels - seen:  # partitions revoked in a rebalance
+            metrics.CONSUMER_LAG.remove(*labels)
+        self._lag_labels = seen
 
     def _topic(self, name: str) -> faust.TopicT:
         return self.app.topic(name, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw")
 
     def _add_agent(self, pipeline: Pipeline) -> None:
         processor = BatchProcessor(pipeline, self.classifier, self.cache, self.executor, self.settings.max_event_bytes)
+        self.processors.append(processor)
         settings = self.settings
 
         async def agent(stream: faust.StreamT) -> None:
@@ -181,6 +244,9 @@ class WorkerApp:
         # Ack only after every output of the batch is confirmed by the broker.
         for event in events:
             await stream.ack(event)
+        for record in records:
+            tp = (record.source.topic, record.source.partition)
+            self._processed[tp] = max(self._processed.get(tp, 0), record.source.offset + 1)
         now_ms = time.time() * 1000
         for record in records:
             if record.timestamp_ms:

@@ -137,6 +137,14 @@ def run_bench(out: Path, events: int | None = None, quick: bool = False, heads: 
         report["model_only"] = model
         stream = run_stream_suite(brokers, redis_url, heads, bench_data.short_texts, bench_data.long_texts, sizes["events"],
                                   sizes["long_e2e"], sizes["scaling"], sizes["loads"], sizes["load_seconds"], log=echo)
+        # B again, after the stream: how much the machine's load drifted between B and C.
+        from worker.bench_model import load_classifier, throughput
+
+        echo("model only: B again (drift check)")
+        again = load_classifier(default_precision, heads)
+        report["B_again"] = {**throughput(again, short, tasks, settings.batch_size, sizes["min_seconds"],
+                                          min_texts=2 * settings.batch_size), "precision": default_precision}
+        del again
     report["C"], report["D"] = stream.pop("C"), stream.pop("D")
     if "long" in stream:
         report["long_end_to_end"] = stream.pop("long")

@@ -24,7 +24,8 @@ def ratios(report: dict[str, Any]) -> dict[str, float | None]:
     return {"C_over_A": div(c, _get(report, "A", "events_per_s")),
             "C_over_B": div(c, _get(report, "B", "events_per_s")),
             "B_over_fp32_batch64": div(_get(report, "B", "events_per_s"), _get(report, "model_only", "precisions", "fp32", "batch64", "events_per_s")),
-            "D_over_C": div(_get(report, "D", "events_per_s"), c)}
+            "D_over_C": div(_get(report, "D", "events_per_s"), c),
+            "B_again_over_B": div(_get(report, "B_again", "events_per_s"), _get(report, "B", "events_per_s"))}
 
 
 def half_peak_latency(report: dict[str, Any]) -> dict[str, Any] | None:
@@ -99,6 +100,7 @@ def format_table(report: dict[str, Any]) -> str:
         if b and precision == b.get("precision") and b.get("batch") == 64:
             continue  # that is B
         row(f"   model only, {precision} batch 64", entry.get("batch64"))
+    row("   B again, after the end-to-end runs (drift check)", report.get("B_again"))
     c, d = report.get("C"), report.get("D")
     row("C  worker end to end, cold cache", c, f"mean batch {_get(c or {}, 'worker', 'mean_batch')}")
     row("D  worker end to end, warm cache", d, f"cached {d.get('cached') if d else ''}")
@@ -106,6 +108,11 @@ def format_table(report: dict[str, Any]) -> str:
     lines.append("")
     r = report.get("ratios", {})
     lines.append("ratios: " + ", ".join(f"{k} {v:.2f}" for k, v in r.items() if v is not None))
+    drift = r.get("B_again_over_B")
+    if drift is not None and not 0.8 <= drift <= 1.25:
+        lines.append(f"WARNING: model-only throughput changed {drift:.2f}x between B and its repeat after C: the machine's "
+                     "load changed during the run, so ratios across phases are unreliable (rerun on a quiet machine, "
+                     "or pin --threads)")
     if report.get("latency"):
         lines.append("latency (paced producer; output arrival - send, by id):")
         for p in report["latency"]:

@@ -107,12 +107,22 @@ def worker(pipeline_names: tuple[str, ...], brokers: str | None, redis_url: str 
     check_broker(settings, [t for p in pipelines for t in [p.input, *p.output_topics]])
     if settings.cache_ttl_s > 0:
         check_redis(settings)
-    classifier = build_classifier(settings, [h for p in pipelines for h in p.heads])
+    heads = [h for p in pipelines for h in p.heads]
+    classifier = build_classifier(settings, heads)
     import faust
 
     from worker.app import WorkerApp
 
-    app = WorkerApp(settings, pipelines, classifier)
+    from pipelines.registry import default_model_dir, resolve_head_dir
+    from worker.reload import ModelReloader
+
+    def watched() -> list[Path]:
+        return [settings.model_dir or default_model_dir()] + [resolve_head_dir(h) for h in dict.fromkeys(heads)]
+
+    def reloader(apply: Callable[[Any], None]) -> ModelReloader:
+        return ModelReloader(lambda: build_classifier(settings, heads), watched, apply)
+
+    app = WorkerApp(settings, pipelines, classifier, reloader=reloader)
     app.warm_up()
     log.info("worker_starting", pipelines=[p.name for p in pipelines], model=classifier.encoder.name,
              version=classifier.version(), device=str(classifier.encoder.device), precision=classifier.encoder.precision,

@@ -22,4 +22,10 @@ E2E_SECONDS = Histogram(
     ["pipeline"],
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
 )
+CONSUMER_LAG = Gauge(
+    "bertstream_consumer_lag",
+    "Records behind the fetch high watermark, per assigned input partition",
+    ["pipeline", "topic", "partition"],
+)
+MODEL_RELOADS = Counter("bertstream_model_reloads_total", "Model hot reloads", ["result"])
 MODEL_INFO = Info("bertstream_model", "The loaded model: name and content version")

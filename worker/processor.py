@@ -49,6 +49,15 @@ class Outgoing:
     dead_letter: bool = False
 
 
+@dataclass(frozen=True)
+class LoadedModel:
+    """One classifier with its version: a batch uses one snapshot, even across a hot reload."""
+
+    classifier: Classifier
+    version: str
+    meta: dict[str, str]
+
+
 class BatchProcessor:
     def __init__(
         self,
@@ -59,12 +68,19 @@ class BatchProcessor:
         max_event_bytes: int = 1_000_000,
     ) -> None:
         self.pipeline = pipeline
-        self.classifier = classifier
         self.cache = cache
         self.executor = executor
         self.max_event_bytes = max_event_bytes
-        self.model_version = classifier.version(pipeline.tasks)
-        self.model = {"name": classifier.encoder.name, "version": self.model_version}
+        self.use(classifier)
+
+    def use(self, classifier: Classifier) -> None:
+        """Swap the model (hot reload); batches already started finish with the old one."""
+        version = classifier.version(self.pipeline.tasks)
+        self.loaded = LoadedModel(classifier, version, {"name": classifier.encoder.name, "version": version})
+
+    @property
+    def model_version(self) -> str:
+        return self.loaded.version
 
     async def process(self, records: list[Record]) -> list[Outgoing]:
         """One Outgoing per record, in input order: an output or a dead letter. Never raises:
@@ -87,6 +103,7 @@ class BatchProcessor:
 
     async def _process(self, records: list[Record]) -> list[Outgoing]:
         name = self.pipeline.name
+        model = self.loaded
         slots: list[Outgoing | InputEvent] = []
         for record in records:
             try:
@@ -97,7 +114,7 @@ class BatchProcessor:
         by_source = {r.source: r for r in records}
         slots = await self._drop_duplicate_ids(slots, by_source)
         events = [s for s in slots if isinstance(s, InputEvent)]
-        found = await self._results(events)
+        found = await self._results(events, model)
         out: list[Outgoing] = []
         now_ms = time.time() * 1000
         for slot in slots:
@@ -110,7 +127,7 @@ class BatchProcessor:
                 continue
             results, truncated, cached = found[slot.source]
             latency = now_ms - record.timestamp_ms if record.timestamp_ms else 0.0
-            value = encode_output(slot, results, self.model, cached=cached, truncated=truncated, latency_ms=latency)
+            value = encode_output(slot, results, model.meta, cached=cached, truncated=truncated, latency_ms=latency)
             key = record.key if record.key is not None else slot.id.encode("utf-8")
             if len(key) + len(value) > MAX_MESSAGE_BYTES:
                 detail = f"the output would be {len(key) + len(value)} bytes, over the {MAX_MESSAGE_BYTES}-byte message limit"
@@ -148,12 +165,12 @@ class BatchProcessor:
                 out.append(slot)
         return out
 
-    async def _results(self, events: list[InputEvent]) -> dict[Source, tuple[dict, bool, bool]]:
+    async def _results(self, events: list[InputEvent], model: LoadedModel) -> dict[Source, tuple[dict, bool, bool]]:
         """(results, truncated, cached) per event: from Redis where it has them, else from the model."""
         if not events:
             return {}
         name = self.pipeline.name
-        keys = [cache_key(self.model_version, self.pipeline.tasks, e.text) for e in events]
+        keys = [cache_key(model.version, self.pipeline.tasks, e.text) for e in events]
         hits = await self.cache.get_many(keys)
         found: dict[Source, tuple[dict, bool, bool]] = {}
         misses: dict[str, list[InputEvent]] = {}  # one model call per distinct text
@@ -167,7 +184,7 @@ class BatchProcessor:
         if misses:
             texts = [group[0].text for group in misses.values()]
             started = time.perf_counter()
-            predictions = await self._predict(texts)
+            predictions = await self._predict(texts, model.classifier)
             metrics.MODEL_SECONDS.labels(name).observe(time.perf_counter() - started)
             to_cache = {}
             for (key, group), prediction in zip(misses.items(), predictions):
@@ -179,7 +196,7 @@ class BatchProcessor:
             await self.cache.set_many(to_cache)
         return found
 
-    async def _predict(self, texts: list[str]) -> list[Prediction | None]:
+    async def _predict(self, texts: list[str], classifier: Classifier) -> list[Prediction | None]:
         """The model never runs on the event loop: heartbeats and commits keep flowing.
 
         If a batch fails, each text is tried alone, so one poisonous event cannot stall the
@@ -188,12 +205,12 @@ class BatchProcessor:
         loop = asyncio.get_running_loop()
         tasks = self.pipeline.tasks
         try:
-            return list(await loop.run_in_executor(self.executor, self.classifier.predict, texts, tasks))
+            return list(await loop.run_in_executor(self.executor, classifier.predict, texts, tasks))
         except Exception as exc:  # noqa: BLE001
             log.error("model_failed", pipeline=self.pipeline.name, texts=len(texts), error=f"{type(exc).__name__}: {exc}")
             if len(texts) == 1:
                 return [None]
         out: list[Prediction | None] = []
         for text in texts:
-            out += await self._predict([text])
+            out += await self._predict([text], classifier)
         return out

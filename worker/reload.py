@@ -14,6 +14,7 @@ from typing import Callable
 import structlog
 
 from pipelines import Classifier
+from worker import metrics
 
 log = structlog.get_logger(__name__)
 
@@ -60,11 +61,13 @@ class ModelReloader:
             try:
                 new = await loop.run_in_executor(self._executor, self._load_warm)
             except Exception as exc:  # noqa: BLE001 - a bad new model must not take the worker down
+                metrics.MODEL_RELOADS.labels("failed").inc()
                 log.error("model_reload_failed", reason=reason, error=f"{type(exc).__name__}: {exc}", effect="keeping the old model")
                 return False
             self._seen = fingerprint(self._directories())
             self._apply(new)
             self.reloads += 1
+            metrics.MODEL_RELOADS.labels("ok").inc()
             log.info("model_reloaded", reason=reason, version=new.version())
             return True
 
