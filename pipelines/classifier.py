@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from pipelines.encoder import Encoder
+from pipelines.encoder import Encoder, Windows
 from pipelines.heads import Head, load_head
 from pipelines.registry import ModelNotFoundError, resolve_head_dir, task_name
 
@@ -18,6 +18,12 @@ TaskResult = dict[str, Any]  # {"label": str, "score": float, "scores": {label: 
 class Prediction:
     results: dict[str, TaskResult]
     truncated: bool
+
+
+@dataclass
+class Prepared:
+    texts: list[str]
+    windows: Windows
 
 
 class Classifier:
@@ -61,13 +67,28 @@ class Classifier:
         return hashlib.sha256("|".join(parts).encode()).hexdigest()[:12]
 
     def predict(self, texts: list[str], tasks: list[str] | None = None) -> list[Prediction]:
-        tasks = tasks or list(self.heads)
-        unknown = [t for t in tasks if t not in self.heads]
+        self._check(tasks)
+        return self.run(self.prepare(texts), tasks)
+
+    def prepare(self, texts: list[str]) -> Prepared:
+        """Tokenization only: may run on another thread while `run` executes the previous batch."""
+        if not texts:
+            return Prepared([], Windows([], [], []))
+        return Prepared(list(texts), self.encoder.windows(texts))
+
+    def _check(self, tasks: list[str] | None) -> None:
+        unknown = [t for t in tasks or [] if t not in self.heads]
         if unknown:
             raise KeyError(f"unknown heads {unknown}; loaded: {sorted(self.heads)}")
+
+    def run(self, prepared: Prepared, tasks: list[str] | None = None) -> list[Prediction]:
+        """The encoder pass and every head, on prepared texts."""
+        self._check(tasks)
+        tasks = tasks or list(self.heads)
+        texts = prepared.texts
         if not texts:
             return []
-        encoded = self.encoder.encode(texts, self.layers)
+        encoded = self.encoder.encode_windows(prepared.windows, self.layers)
         out = [Prediction({}, truncated) for truncated in encoded.truncated]
         with torch.inference_mode():
             for task in tasks:

@@ -44,7 +44,7 @@ class Encoded:
 
 
 @dataclass
-class _Windows:
+class Windows:
     input_ids: list[list[int]]
     owner: list[int]  # text index of each window
     truncated: list[bool] = field(default_factory=list)
@@ -73,14 +73,22 @@ class Encoder:
         self.precision = resolve_precision(settings.precision, self.device)
         self.model = prepare_model(model, self.device, self.precision)
         self.tokenizer = tokenizer
+        self.pad_id: int = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         self.hidden_size: int = model.config.hidden_size
         self.num_layers: int = model.config.num_hidden_layers
         # Never read more characters than the window cap could hold (a 10 MB text costs nothing).
         self.max_chars = settings.max_windows * settings.window_tokens * 12
 
     def encode(self, texts: list[str], layers: tuple[int, ...] = (-1,)) -> Encoded:
-        windows = self._windows(texts)
-        n_texts = len(texts)
+        return self.encode_windows(self.windows(texts), layers)
+
+    def windows(self, texts: list[str]) -> Windows:
+        """Tokenize into capped overlapping windows. Separate from the model pass so that a
+        caller can tokenize the next batch on another thread while the model runs this one."""
+        return self._windows(texts)
+
+    def encode_windows(self, windows: Windows, layers: tuple[int, ...] = (-1,)) -> Encoded:
+        n_texts = len(windows.truncated)
         sums = {layer: torch.zeros(n_texts, self.hidden_size) for layer in layers}
         weights = torch.zeros(n_texts, 1)
         tokens = 0
@@ -97,7 +105,7 @@ class Encoder:
         features = {layer: sums[layer] / weights for layer in layers}
         return Encoded(features, windows.truncated, len(windows.input_ids), tokens)
 
-    def _windows(self, texts: list[str]) -> _Windows:
+    def _windows(self, texts: list[str]) -> Windows:
         s = self.settings
         clipped = [t[: self.max_chars] for t in texts]
         enc = self.tokenizer(
@@ -121,7 +129,7 @@ class Encoder:
             per_text[text_index] += 1
             input_ids.append(ids)
             owner.append(int(text_index))
-        return _Windows(input_ids, owner, truncated)
+        return Windows(input_ids, owner, truncated)
 
     def _batches(self, input_ids: list[list[int]]) -> Iterator[list[int]]:
         """Window indices grouped by length so that padding stays small and tokens stay in budget."""
@@ -143,9 +151,16 @@ class Encoder:
 
     @torch.inference_mode()
     def _forward(self, ids: list[list[int]], layers: tuple[int, ...]) -> tuple[dict[int, torch.Tensor], torch.Tensor]:
-        padded = self.tokenizer.pad({"input_ids": ids}, return_tensors="pt")
-        input_ids = padded["input_ids"].to(self.device, non_blocking=True)
-        mask = padded["attention_mask"].to(self.device, non_blocking=True)
+        # Padded here, not by the tokenizer: the model thread never touches the tokenizer, which
+        # is not safe to use from two threads at once (the next batch is tokenized meanwhile).
+        longest = max(len(x) for x in ids)
+        input_ids = torch.full((len(ids), longest), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(ids), longest), dtype=torch.long)
+        for row, x in enumerate(ids):
+            input_ids[row, : len(x)] = torch.tensor(x, dtype=torch.long)
+            mask[row, : len(x)] = 1
+        input_ids = input_ids.to(self.device, non_blocking=True)
+        mask = mask.to(self.device, non_blocking=True)
         with autocast_context(self.device, self.precision):
             out = self.model(input_ids=input_ids, attention_mask=mask, output_hidden_states=layers != (-1,))
         hidden_states = out.hidden_states if out.hidden_states is not None else (out.last_hidden_state,)

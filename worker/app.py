@@ -103,6 +103,7 @@ class WorkerApp:
         self._lag_labels: set[tuple[str, str, str]] = set()
         # One thread owns the model: torch releases the GIL, the event loop stays free.
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model")
+        self.tokenizer_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tokenizer")
         client = aioredis.from_url(
             settings.redis_url.get_secret_value(), socket_timeout=2, socket_connect_timeout=2, health_check_interval=10
         ) if settings.cache_ttl_s > 0 else None
@@ -186,7 +187,8 @@ class WorkerApp:
         return self.app.topic(name, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw")
 
     def _add_agent(self, pipeline: Pipeline) -> None:
-        processor = BatchProcessor(pipeline, self.classifier, self.cache, self.executor, self.settings.max_event_bytes)
+        processor = BatchProcessor(pipeline, self.classifier, self.cache, self.executor, self.settings.max_event_bytes,
+                                   tokenizer_executor=self.tokenizer_executor)
         self.processors.append(processor)
         settings = self.settings
 

@@ -66,10 +66,12 @@ class BatchProcessor:
         cache: ResultCache,
         executor: Executor,
         max_event_bytes: int = 1_000_000,
+        tokenizer_executor: Executor | None = None,
     ) -> None:
         self.pipeline = pipeline
         self.cache = cache
         self.executor = executor
+        self.tokenizer_executor = tokenizer_executor or executor
         self.max_event_bytes = max_event_bytes
         self.use(classifier)
 
@@ -205,7 +207,10 @@ class BatchProcessor:
         loop = asyncio.get_running_loop()
         tasks = self.pipeline.tasks
         try:
-            return list(await loop.run_in_executor(self.executor, classifier.predict, texts, tasks))
+            # Tokenize on its own thread (overlapping the model's work on the batch before), then
+            # run the model on the model thread.
+            prepared = await loop.run_in_executor(self.tokenizer_executor, classifier.prepare, texts)
+            return list(await loop.run_in_executor(self.executor, classifier.run, prepared, tasks))
         except Exception as exc:  # noqa: BLE001
             log.error("model_failed", pipeline=self.pipeline.name, texts=len(texts), error=f"{type(exc).__name__}: {exc}")
             if len(texts) == 1:

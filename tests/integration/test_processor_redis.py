@@ -59,10 +59,10 @@ class CountingClassifier(Classifier):
         self.calls: list[list[str]] = []
         self.threads: list[threading.Thread] = []
 
-    def predict(self, texts, tasks=None):
-        self.calls.append(list(texts))
+    def run(self, prepared, tasks=None):  # the model pass (predict = prepare + run)
+        self.calls.append(list(prepared.texts))
         self.threads.append(threading.current_thread())
-        return super().predict(texts, tasks)
+        return super().run(prepared, tasks)
 
 
 @pytest.fixture
