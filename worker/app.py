@@ -19,6 +19,7 @@ from worker import metrics
 from worker.cache import ResultCache
 from worker.codec import Source
 from worker.config import Pipeline, Settings
+from worker.faust_transport import Transport
 from worker.kafka_admin import ssl_context
 from worker.processor import BatchProcessor, Outgoing, Record
 from worker.reload import ModelReloader
@@ -40,6 +41,10 @@ class App(faust.App):
     """
 
     shutdown_grace_s: float = 30.0
+    fetch_max_wait_s: float = 0.05
+
+    def _new_transport(self) -> Any:
+        return Transport(self.conf.broker_consumer, self)
 
     async def on_stop(self) -> None:
         grace = self.shutdown_grace_s
@@ -126,6 +131,7 @@ class WorkerApp:
             web_port=settings.web_port,
         )
         self.app.shutdown_grace_s = settings.shutdown_grace_s
+        self.app.fetch_max_wait_s = settings.fetch_max_wait_s
         self.batches_done = 0
         for pipeline in pipelines:
             self._add_agent(pipeline)

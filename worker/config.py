@@ -65,6 +65,7 @@ class Settings(BaseSettings):
     group_id: str = "bertstream"
     session_timeout_s: float = Field(10.0, gt=0)
     heartbeat_s: float = Field(1.0, gt=0)
+    fetch_max_wait_s: float = Field(0.05, gt=0)  # how long the broker may hold a fetch with no new data
 
     redis_url: SecretStr = SecretStr("redis://127.0.0.1:6379/0")  # AUTH and TLS (rediss://) via the URL
     cache_ttl_s: int = Field(86400, ge=0)  # 0 disables the cache
