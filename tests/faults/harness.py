@@ -33,16 +33,7 @@ from worker.runner import start_worker_process, wait_ready
 LIGHT_HEADS = ["spam", "sentiment"]
 PRODUCER_MAX_BYTES = 32 << 20  # the test producer may send 10 MB events (tansu accepts them)
 
-TEXTS = [
-    "Shares of the chip maker jumped after strong quarterly results",
-    "URGENT you have won a 1000 dollar gift card, reply WIN to claim",
-    "Meeting moved to 3pm tomorrow, same room as last week",
-    "The storm closed schools across the region for a second day",
-    "Thanks so much for the lovely dinner, we had a great time",
-    "The delivery was late again and nobody answered the phone",
-    "Free entry in a weekly competition to win cup final tickets",
-    "Can you send me the slides before the review on Friday",
-]
+from worker.soak import TEXTS  # noqa: E402 - the same short texts as the soak run
 
 
 def text_for(run: str, i: int, distinct: int) -> str:

@@ -9,17 +9,15 @@ import hashlib
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.faults import scenarios
-from tests.faults.harness import FaultRun, Figures, WorkerProc
+from tests.faults.harness import FaultRun, Figures
 from worker.codec import MAX_DEPTH, MAX_ID_CHARS, RAW_PREFIX_BYTES, raw_bytes
 from worker.procutil import free_port, log_tail
 
