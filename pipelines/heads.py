@@ -107,6 +107,7 @@ def save_head(head: Head, directory: Path, *, half: bool = False) -> None:
     if "ngram_buckets" in state:  # bucket ids < 2**31: int32 halves their size
         state["ngram_buckets"] = state["ngram_buckets"].to(torch.int32)
     save_file(state, str(directory / WEIGHTS))
+    (directory / WEIGHTS).chmod(0o644)  # safetensors writes 0600; heads are shipped files
     (directory / CONFIG).write_text(json.dumps(asdict(head.spec), indent=2) + "\n")
 
 

@@ -251,7 +251,7 @@ def fit_ngram_part(
     from pipelines.ngrams import NgramFeaturizer
 
     n_classes = len(head.spec.labels)
-    fit_options = {k: v for k, v in options.items() if k not in ("C", "betas")}
+    fit_options = {k: v for k, v in options.items() if k not in ("C", "betas", "temperature", "val_nll_calibrated")}
     train_texts = [texts[i] for i in train_idx]
     featurizer = NgramFeaturizer.fit(train_texts, y[list(train_idx)].tolist(), n_classes, **fit_options)
     s_train = _to_scipy(featurizer.transform(train_texts))
@@ -273,19 +273,32 @@ def fit_ngram_part(
         m = summary_metrics(y_val, fused.argmax(dim=1).tolist(), n_classes)
         nll = float(nn.functional.cross_entropy(fused, y_val_t))
         trials.append({"beta": beta, "nll": round(nll, 5), **{k: round(v, 5) for k, v in m.items()}})
-    # The fused scores are the head's probabilities: choose beta by validation log-loss (no ties,
-    # unlike accuracy on a small or saturated validation set).
-    best = min(trials, key=lambda t: t["nll"])
+    # Choose beta by validation accuracy + macro-F1; ties (small or saturated validation sets)
+    # go to the lower log-loss of the fused probabilities.
+    best = max(trials, key=lambda t: (round(t["accuracy"] + t["macro_f1"], 6), -t["nll"]))
     spec = featurizer.spec()
     spec.update({"C": float(options.get("C", 1.0)), "beta": best["beta"], "fusion": "dense logits + beta * linear SVM scores"})
+    # Calibrate: one temperature over the fused logits (argmax unchanged) chosen by val log-loss,
+    # so that the reported scores mean something even when beta is large.
+    fused = torch.as_tensor(dense_logits + best["beta"] * sparse_scores, dtype=torch.float32)
+    temps = [1.0, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0, 12.0, 16.0, 24.0, 32.0]  # only ever softens
+    if "temperature" in options:  # the refit: keep what the held-out validation chose
+        temperature = float(options["temperature"])
+        spec["val_nll_calibrated"] = options.get("val_nll_calibrated")
+    else:
+        temperature = min(temps, key=lambda t: float(nn.functional.cross_entropy(fused / t, y_val_t)))
+        spec["val_nll_calibrated"] = round(float(nn.functional.cross_entropy(fused / temperature, y_val_t)), 5)
+    spec["temperature"] = temperature
     fresh = Head(dataclasses.replace(head.spec, ngram=spec))
     fresh.load_state_dict({k: v for k, v in head.state_dict().items() if not k.startswith("ngram_")}, strict=False)
     fresh.set_ngram_buffers(featurizer)
     with torch.no_grad():
-        fresh.ngram_linear.weight.copy_(torch.as_tensor(coef * best["beta"], dtype=torch.float32))
-        fresh.ngram_linear.bias.copy_(torch.as_tensor(intercept * best["beta"], dtype=torch.float32))
+        fresh.net[-1].weight.div_(temperature)
+        fresh.net[-1].bias.div_(temperature)
+        fresh.ngram_linear.weight.copy_(torch.as_tensor(coef * best["beta"] / temperature, dtype=torch.float32))
+        fresh.ngram_linear.bias.copy_(torch.as_tensor(intercept * best["beta"] / temperature, dtype=torch.float32))
     fresh.eval()
-    return {"head": fresh, "beta_trials": trials, "beta": best["beta"], "val": {k: best[k] for k in ("accuracy", "macro_f1", "nll")}}
+    return {"head": fresh, "beta_trials": trials, "beta": best["beta"], "temperature": temperature, "val_nll_calibrated": spec["val_nll_calibrated"], "val": {k: best[k] for k in ("accuracy", "macro_f1", "nll")}}
 
 
 def _to_scipy(x: torch.Tensor) -> Any:
@@ -337,7 +350,8 @@ def train_heads(
         refit = fit_head(spec, x_all, y_all, x_all[va], y_all[va], config, progress=progress, stop_after=result.best_epoch)
         head = refit.head
         if config.ngram:
-            options = {**config.ngram, "betas": (ngram_info["beta"],)}
+            options = {**config.ngram, "betas": (ngram_info["beta"],), "temperature": ngram_info["temperature"],
+                       "val_nll_calibrated": ngram_info["val_nll_calibrated"]}
             head = fit_ngram_part(head, texts, y_all, everything, val_idx, x_all[va], options)["head"]
     metrics: dict[str, Any] = {
         "best_epoch": result.best_epoch,
@@ -348,7 +362,7 @@ def train_heads(
     if ngram_info:
         metrics["val_dense_only"] = metrics["val"]
         metrics["val"] = {**ngram_info["val"], "loss": None}
-        metrics["ngram"] = {"beta": ngram_info["beta"], "beta_trials": ngram_info["beta_trials"]}
+        metrics["ngram"] = {"beta": ngram_info["beta"], "temperature": ngram_info["temperature"], "beta_trials": ngram_info["beta_trials"]}
     if data.test:
         test_texts = [t for t, _ in data.test]
         y_test = [label_index.get(label, -1) for _, label in data.test]

@@ -8,7 +8,10 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
+import sys
+import threading
 from collections.abc import Callable
 from contextlib import ExitStack
 from pathlib import Path
@@ -22,7 +25,10 @@ def services(stack: ExitStack, echo: Callable[[str], None] = lambda message: Non
     """(bootstrap servers, Redis URL, {"broker": embedded?, "redis": embedded?}).
 
     Given values win, then the env vars; what is still missing is started embedded on `stack`.
+    A SIGTERM then unwinds like Ctrl-C, so that the stack stops every child it started.
     """
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     brokers = brokers or os.environ.get("BERTSTREAM_KAFKA_BROKERS")
     redis_url = redis_url or os.environ.get("BERTSTREAM_REDIS_URL")
     embedded = {"broker": not brokers, "redis": not redis_url}
