@@ -1,7 +1,6 @@
 """Click commands `data`, `train` and `eval`; the CLI attaches them with `cli.add_command(...)`."""
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 

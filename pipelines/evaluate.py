@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -37,7 +38,12 @@ TFIDF_BASELINES = ("tfidf+logreg", "tfidf+linearsvc")
 
 
 def scores(y_true: Sequence[str], y_pred: Sequence[str], labels: Sequence[str]) -> dict[str, Any]:
-    from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precision_recall_fscore_support
+    from sklearn.metrics import (
+        accuracy_score,
+        confusion_matrix,
+        f1_score,
+        precision_recall_fscore_support,
+    )
 
     labels = list(labels)
     p, r, f, s = precision_recall_fscore_support(y_true, y_pred, labels=labels, zero_division=0)
@@ -102,7 +108,17 @@ def head_predictions(encoder: Encoder, head_ref: str, data: datasets.Dataset, fe
         "encoder": head.spec.encoder,
         "curves": head.spec.metrics.get("curves"),
     }
+    trained = head.spec.encoder or {}
+    mismatch = [k for k in ("version", "window_tokens", "stride_tokens", "max_windows") if k in trained and trained[k] != _encoder_info(encoder).get(k)]
+    if mismatch:
+        info["warning"] = f"head trained with different encoder {', '.join(mismatch)}: {trained}"
     return pred, info
+
+
+def _encoder_info(encoder: Encoder) -> dict[str, Any]:
+    s = encoder.settings
+    return {"name": encoder.name, "version": encoder.version, "window_tokens": s.window_tokens, "stride_tokens": s.stride_tokens,
+            "max_windows": s.max_windows, "precision": encoder.precision}
 
 
 def evaluate(
@@ -159,8 +175,7 @@ def evaluate(
         "split": _split_doc(data.name),
         "targets": targets,
         "primary": primary,
-        "encoder": {"name": encoder.name, "version": encoder.version, "window_tokens": encoder.settings.window_tokens,
-                    "stride_tokens": encoder.settings.stride_tokens, "max_windows": encoder.settings.max_windows, "precision": encoder.precision},
+        "encoder": _encoder_info(encoder),
         "models": models,
     }
     head_names = [n for n, r in models.items() if r["kind"] == "head"]
@@ -282,6 +297,9 @@ def format_table(reports: list[dict[str, Any]]) -> str:
                 f"{rep['dataset']:9s} {name:26s} {r['accuracy']:8.4f} {r['macro_f1']:8.4f} {primary + ' ' + format(metric(r, primary), '.4f'):>14s} "
                 f"{target if r['kind'] == 'head' else '':>22s} {met:>4s}"
             )
+        for name, r in rep["models"].items():
+            if r.get("head", {}).get("warning"):
+                lines.append(f"{'':9s} WARNING {name}: {r['head']['warning']}")
         if "beats_baselines" in rep:
             lines.append(f"{'':9s} head beats both TF-IDF baselines on {primary}: {'yes' if rep['beats_baselines'] else 'NO'}")
     return "\n".join(lines)
@@ -313,7 +331,7 @@ def write_provenance(head_dir: Path, report: dict[str, Any] | None = None) -> Pa
               f"- **Dataset fingerprint**: {training.get('dataset_fingerprint', '?')} (train {training.get('n_train')} + val {training.get('n_val')}, test {training.get('n_test')})",
               f"- **Encoder** (frozen): {meta['encoder'].get('name')} version {meta['encoder'].get('version')}, window {meta['encoder'].get('window_tokens')} / stride {meta['encoder'].get('stride_tokens')} / max windows {meta['encoder'].get('max_windows')}, precision {meta['encoder'].get('precision')}",
               f"- **Head**: layers {meta['layers']}, {'MLP hidden ' + str(meta['hidden']) if meta['hidden'] else 'linear'}"
-              + (f", plus hashed 1-{meta['ngram'].get('ngram_max')}-gram TF-IDF linear SVM part ({meta['ngram'].get('buckets')} buckets, C {meta['ngram'].get('C')}, beta {meta['ngram'].get('beta')})" if meta.get("ngram") else ""),
+              + (f", plus a hashed word {'unigram' if meta['ngram'].get('ngram_max') == 1 else '1-' + str(meta['ngram'].get('ngram_max')) + '-gram'} TF-IDF linear SVM part ({meta['ngram'].get('buckets')} of 2^20 CRC-32 buckets kept by chi-square, C {meta['ngram'].get('C')}, weight beta {meta['ngram'].get('beta')}, temperature {meta['ngram'].get('temperature')}; see EXPERIMENTS.md)" if meta.get("ngram") else ""),
               f"- **Size**: {sum(p.stat().st_size for p in head_dir.iterdir() if p.name in ('model.safetensors', 'head.json')):,} bytes (model.safetensors + head.json)",
               "", "## Command", "", "```", training.get("command", "?"), "```", "",
               "## Metrics at training time", "",

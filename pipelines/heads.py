@@ -120,7 +120,7 @@ def load_head(directory: Path) -> tuple[Head, str]:
         spec = HeadSpec(**json.loads(config.read_text()))
         head = Head(spec)
         head.load_state_dict(load_file(str(weights)))
-    except Exception as exc:  # noqa: BLE001 - any corrupt head is one clear line
+    except Exception as exc:  # any corrupt head is one clear line
         raise ModelNotFoundError(f"head {directory} is corrupt or does not match its {CONFIG}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from exc
     if head.net[-1].out_features != len(spec.labels):
         raise ModelNotFoundError(f"head {directory}: {head.net[-1].out_features} outputs but {len(spec.labels)} labels")

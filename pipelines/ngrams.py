@@ -12,8 +12,9 @@ from __future__ import annotations
 import math
 import re
 import zlib
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -48,7 +49,7 @@ class NgramFeaturizer:
         self._idf = np.asarray(self.idf, dtype=np.float32)
 
     @classmethod
-    def fit(cls, texts: Sequence[str], labels: Sequence[int], n_classes: int, *, buckets: int, **options: Any) -> "NgramFeaturizer":
+    def fit(cls, texts: Sequence[str], labels: Sequence[int], n_classes: int, *, buckets: int, **options: Any) -> NgramFeaturizer:
         opts = {**DEFAULTS, **options}
         n_features = int(opts["n_features"])
         if n_features & (n_features - 1):
@@ -79,7 +80,7 @@ class NgramFeaturizer:
                 "hash": "crc32", "token_pattern": TOKEN.pattern, "weighting": "sublinear tf * idf, l2"}
 
     @classmethod
-    def from_spec(cls, spec: dict[str, Any], buckets: list[int], idf: list[float]) -> "NgramFeaturizer":
+    def from_spec(cls, spec: dict[str, Any], buckets: list[int], idf: list[float]) -> NgramFeaturizer:
         return cls(buckets, idf, int(spec.get("n_features", DEFAULTS["n_features"])), int(spec.get("ngram_max", 2)), int(spec.get("max_chars", DEFAULTS["max_chars"])))
 
     def transform(self, texts: Sequence[str]) -> torch.Tensor:

@@ -20,16 +20,17 @@ import random
 import shlex
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from pipelines.datasets import Dataset, Example, load, read_labelled_file
+from pipelines.datasets import Dataset, load, read_labelled_file
 from pipelines.encoder import Encoder
 from pipelines.features import cached_features, select_layers
 from pipelines.heads import Head, HeadSpec, load_head, save_head
@@ -79,7 +80,7 @@ def stratified_val_split(labels: Sequence[int], fraction: float, seed: int) -> t
     for y in sorted(by_class):
         members = by_class[y][:]
         rng.shuffle(members)
-        n_val = int(round(len(members) * fraction))
+        n_val = round(len(members) * fraction)
         if fraction > 0 and n_val == 0 and len(members) >= 2:
             n_val = 1
         val_idx.extend(members[:n_val])
@@ -538,7 +539,7 @@ def finetune(
             "history": history, "seconds": round(time.time() - t0, 1), "command": command}
     for t in tasks:
         spec = HeadSpec(name=t["name"], labels=list(t["data"].labels), input_dim=hidden, layers=[-1], hidden=0, dropout=0.0,
-                        encoder={"name": out_dir.name, "version": version, "window_tokens": window})
+                        encoder={"name": out_dir.name, "version": version, "train_window_tokens": window})
         head = Head(spec)
         with torch.no_grad():
             head.net[-1].weight.copy_(t["linear"].weight)

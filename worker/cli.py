@@ -243,23 +243,22 @@ def demo(events: int, rows: int) -> None:
 
 
 # Commands that live in their own modules, imported only when the module exists.
-_MODULE_COMMANDS = {"pipelines.commands": ("data", "train", "eval"), "worker.bench": ("bench",), "worker.status": ("status",)}
+_MODULE_COMMANDS = {"pipelines.commands": "COMMANDS", "worker.bench": "bench", "worker.status": "status"}
 
 
 def _attach_module_commands() -> None:
     import importlib
 
-    for module_name, names in _MODULE_COMMANDS.items():
+    for module_name, attribute in _MODULE_COMMANDS.items():
         try:
             module = importlib.import_module(module_name)
         except ModuleNotFoundError as exc:
             if exc.name != module_name:
                 raise
             continue
-        for name in names:
-            command = getattr(module, name, None)
-            if isinstance(command, click.Command):
-                cli.add_command(command, name)
+        found = getattr(module, attribute)
+        for command in found if isinstance(found, list) else [found]:
+            cli.add_command(command)
 
 
 _attach_module_commands()

@@ -3,18 +3,24 @@ from __future__ import annotations
 
 import json
 import random
-from pathlib import Path
 
 import pytest
 import torch
 
 transformers = pytest.importorskip("transformers")
 
-from pipelines.classifier import Classifier  # noqa: E402
-from pipelines.datasets import Dataset, read_labelled_file  # noqa: E402
-from pipelines.encoder import Encoder, EncoderSettings  # noqa: E402
-from pipelines.heads import Head, HeadSpec, load_head, save_head  # noqa: E402
-from pipelines.train import TrainConfig, fit_head, resolve_data, stratified_val_split, summary_metrics, train_heads  # noqa: E402
+from pipelines.classifier import Classifier
+from pipelines.datasets import Dataset, read_labelled_file
+from pipelines.encoder import Encoder, EncoderSettings
+from pipelines.heads import Head, HeadSpec, load_head, save_head
+from pipelines.train import (
+    TrainConfig,
+    fit_head,
+    resolve_data,
+    stratified_val_split,
+    summary_metrics,
+    train_heads,
+)
 
 
 @pytest.fixture(scope="module")
