@@ -106,6 +106,7 @@ class WorkerApp:
         self._pipeline_by_input = {p.input: p.name for p in pipelines}
         self._processed: dict[tuple[str, int], int] = {}  # next offset after the last acked, per input partition
         self._lag_labels: set[tuple[str, str, str]] = set()
+        self._joined = False
         # One thread owns the model: torch releases the GIL, the event loop stays free.
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model")
         self.tokenizer_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tokenizer")
@@ -136,6 +137,11 @@ class WorkerApp:
         for pipeline in pipelines:
             self._add_agent(pipeline)
         self._add_views()
+
+        @self.app.on_partitions_assigned.connect
+        async def joined(sender: Any, assigned: Any, **kwargs: Any) -> None:
+            self._joined = True
+
         self.reloader = reloader(self.use) if reloader else None
         self._add_timers()
         metrics.MODEL_INFO.info({"name": classifier.encoder.name, "version": classifier.version()})
@@ -298,7 +304,9 @@ class WorkerApp:
             redis_ok = await self.cache.ping() if self.cache.client is not None else True
             checks = {
                 "model": True,
-                "broker": bool(self.app.consumer.assignment()) or self.app.rebalancing is False,
+                # Joined the consumer group at least once and not rebalancing now (a worker of a
+                # group with more members than partitions may hold no partition and is still ready).
+                "broker": self._joined and not self.app.rebalancing,
                 "redis": redis_ok,
             }
             ready = all(checks.values())
