@@ -129,7 +129,7 @@ class WorkerApp:
             web_enabled=settings.web_port > 0,
             web_bind=settings.web_host,
             web_host=settings.web_host,
-            web_port=settings.web_port,
+            web_port=settings.web_port or 6066,  # unused when the web server is disabled (0)
         )
         self.app.shutdown_grace_s = settings.shutdown_grace_s
         self.app.fetch_max_wait_s = settings.fetch_max_wait_s
