@@ -81,7 +81,8 @@ def data_command(names: tuple[str, ...], force: bool, list_only: bool) -> None:
 @click.option("--class-weights", type=click.Choice(["none", "balanced", "sqrt"]), default="none", show_default=True)
 @click.option("--label-smoothing", type=float, default=0.0, show_default=True)
 @click.option("--ngram-buckets", type=int, default=0, show_default=True, help="Hybrid head: add a hashed 1-2-gram TF-IDF linear SVM part keeping this many hash buckets (0: none; needs scikit-learn to train).")
-@click.option("--ngram-c", type=float, default=1.0, show_default=True, help="C of the n-gram part's linear SVM.")
+@click.option("--ngram-c", default="1.0", show_default=True, help="C of the n-gram part's linear SVM; with --ngram-folds, a comma-separated list to choose from.")
+@click.option("--ngram-folds", type=int, default=0, show_default=True, help="Choose the n-gram C and weight beta by k-fold out-of-fold scores on all training data (0: beta on the validation split).")
 @click.option("--ngram-max", type=int, default=2, show_default=True, help="Longest word n-gram of the n-gram part (1: words only).")
 @click.option("--half/--no-half", default=False, show_default=True, help="Store weight matrices as float16 (half the size).")
 @click.option("--refit/--no-refit", default=False, show_default=True, help="After validation picks the epoch count (and n-gram weight), retrain on all training data.")
@@ -89,7 +90,7 @@ def data_command(names: tuple[str, ...], force: bool, list_only: bool) -> None:
 @click.option("--no-cache", is_flag=True, help="Do not read or write the feature cache.")
 @_encoder_options
 def train_command(source, out_dir, mode, text_column, label_column, test_file, name, layers, hidden, dropout, lr, weight_decay, batch_size,
-                  max_epochs, max_train, patience, val_fraction, class_weights, label_smoothing, ngram_buckets, ngram_c, ngram_max, half, refit, seed, no_cache,
+                  max_epochs, max_train, patience, val_fraction, class_weights, label_smoothing, ngram_buckets, ngram_c, ngram_folds, ngram_max, half, refit, seed, no_cache,
                   model_dir, window, stride, max_windows, precision, device) -> None:
     """Train a task head on a dataset (mode heads) or fine-tune the encoder (mode finetune).
 
@@ -113,11 +114,19 @@ def train_command(source, out_dir, mode, text_column, label_column, test_file, n
         click.echo(f"wrote {out_dir} (encoder) and {out_dir}/heads/")
         return
     data = train.resolve_data(source, text_column, label_column, test_file)
+    cs = [float(x) for x in str(ngram_c).split(",") if x.strip()]
+    if len(cs) != 1 and not ngram_folds:
+        raise click.BadParameter("several values need --ngram-folds to choose among them", param_hint="--ngram-c")
+    ngram = {"buckets": ngram_buckets, "C": cs[0], "ngram_max": ngram_max} if ngram_buckets else {}
+    if ngram and ngram_folds:
+        ngram["folds"] = ngram_folds
+        if len(cs) > 1:
+            ngram["Cs"] = cs
     config = train.TrainConfig(
         layers=[int(x) for x in layers.split(",") if x.strip()],
         hidden=hidden, dropout=dropout, lr=lr or 1e-3, weight_decay=weight_decay, batch_size=batch_size or 64, max_epochs=max_epochs or 60,
         patience=patience or 8, val_fraction=val_fraction, class_weights=class_weights, label_smoothing=label_smoothing, seed=seed,
-        ngram={"buckets": ngram_buckets, "C": ngram_c, "ngram_max": ngram_max} if ngram_buckets else {}, refit=refit,
+        ngram=ngram, refit=refit,
     )
     encoder = _encoder(model_dir, window, stride, max_windows, precision, device)
     head = train.train_heads(encoder, data, Path(out_dir), config, name=name, use_cache=not no_cache, command=command, half=half)

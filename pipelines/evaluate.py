@@ -338,6 +338,9 @@ def write_provenance(head_dir: Path, report: dict[str, Any] | None = None) -> Pa
               f"- best epoch {metrics.get('best_epoch')}; validation {json.dumps(metrics.get('val'))}"]
     if "val_dense_only" in metrics:
         lines.append(f"- validation of the dense part alone: {json.dumps(metrics['val_dense_only'])}")
+    kfold = metrics.get("ngram", {}).get("kfold")
+    if kfold:
+        lines.append(f"- n-gram C {kfold['C']} and beta {kfold['beta']} chosen by {kfold['folds']}-fold out-of-fold scores on all training data: {json.dumps(kfold['oof'])}")
     if "test" in metrics:
         lines.append(f"- test: accuracy {metrics['test']['accuracy']:.4f}, macro-F1 {metrics['test']['macro_f1']:.4f}")
     if report is not None:

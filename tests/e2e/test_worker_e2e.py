@@ -11,10 +11,12 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
+import redis
 from kafka import KafkaConsumer, KafkaProducer
 
 from pipelines.heads import load_head
 from pipelines.registry import resolve_head_dir
+from worker.cache import cache_key
 from worker.codec import raw_bytes
 from worker.procutil import free_port, log_tail, stop_process_group
 from worker.runner import start_worker_process, wait_ready
@@ -50,7 +52,7 @@ def worker(kafka_bootstrap: str, redis_url: str, tmp_path_factory: pytest.TempPa
     proc = start_worker_process(env, ["e2e"], log)
     try:
         wait_ready(proc, port, log, timeout_s=300)
-        yield {"proc": proc, "port": port, "topics": topics, "log": log, "bootstrap": kafka_bootstrap}
+        yield {"proc": proc, "port": port, "topics": topics, "log": log, "bootstrap": kafka_bootstrap, "redis_url": redis_url}
     finally:
         stop_process_group(proc, 30)
 
@@ -87,6 +89,9 @@ def test_events_classified_dead_lettered_and_cached(worker: dict[str, Any]) -> N
     t, bootstrap = worker["topics"], worker["bootstrap"]
     labels = {name: load_head(resolve_head_dir(name))[0].spec.labels for name in HEADS}
     texts = _texts(40)
+    # A cold cache for these texts: an earlier run on this Redis may have cached them (24 h TTL).
+    version = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{worker['port']}/readyz", timeout=5).read())["model"]
+    redis.Redis.from_url(worker["redis_url"]).delete(*[cache_key(version, HEADS, x) for x in texts])
     first = [json.dumps({"id": f"a-{i}", "text": x, "metadata": {"n": i}}).encode() for i, x in enumerate(texts)]
     sources = _produce(bootstrap, t["in"], first + MALFORMED)
     bad_sources = {s: raw for s, raw in zip(sources[len(first):], MALFORMED)}

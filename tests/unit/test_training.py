@@ -186,3 +186,16 @@ def test_finetune_smoke_writes_hf_dir_and_heads(tokenizer, tmp_path):
     preds = clf.predict(["a wonderful day", "an awful film"])
     assert {p.results["toy_a"]["label"] for p in preds} <= {"neg", "pos"}
     assert {p.results["toy_b"]["label"] for p in preds} <= {"long", "short"}
+
+
+def test_hybrid_ngram_kfold_chooses_c_and_beta(encoder, data, tmp_path):
+    out = tmp_path / "hybrid-kfold"
+    ngram = {"buckets": 64, "min_df": 1, "C": 1.0, "Cs": [0.5, 2.0], "folds": 3, "ngram_max": 1}
+    config = TrainConfig(layers=[-1], hidden=0, max_epochs=10, patience=10, lr=5e-3, ngram=ngram)
+    train_heads(encoder, data, out, config, progress=False, use_cache=False)
+    loaded, _ = load_head(out)
+    kfold = loaded.spec.metrics["ngram"]["kfold"]
+    assert kfold["folds"] == 3 and kfold["C"] in (0.5, 2.0)
+    assert len(kfold["trials"]) == 2 * 13
+    assert loaded.spec.ngram["C"] == kfold["C"] and loaded.spec.ngram["beta"] == kfold["beta"]
+    assert "beta_rule" in loaded.spec.ngram and loaded.spec.ngram["ngram_max"] == 1
