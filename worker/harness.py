@@ -65,12 +65,17 @@ def start_ready_worker(stack: ExitStack, env: dict[str, str], pipelines: list[st
     return proc
 
 
-def peak_rss_mb(pid: int) -> float | None:
-    """Peak resident set size (VmHWM) of a live process, in MiB; None where /proc does not say."""
+def proc_memory_mb(pid: int, field: str = "VmRSS") -> float | None:
+    """A memory field of /proc/<pid>/status in MiB (VmRSS now, VmHWM the peak); None where absent."""
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
+            if line.startswith(f"{field}:"):
                 return int(line.split()[1]) / 1024
     except (OSError, ValueError, IndexError):
         return None
     return None
+
+
+def peak_rss_mb(pid: int) -> float | None:
+    """Peak resident set size (VmHWM) of a live process, in MiB."""
+    return proc_memory_mb(pid, "VmHWM")

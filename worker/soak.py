@@ -61,16 +61,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def rss_mb(pid: int) -> float | None:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    except (OSError, ValueError, IndexError):
-        return None
-    return None
-
-
 class Reader(threading.Thread):
     """Counts outputs (ids) and dead letters of the soak topics."""
 
@@ -139,22 +129,14 @@ class Feeder:
 
 def soak(args: argparse.Namespace) -> dict[str, Any]:
     from worker.config import load_settings
+    from worker.harness import proc_memory_mb, services, start_ready_worker, worker_env
     from worker.kafka_admin import ensure_topics
-    from worker.procutil import free_port, stop_process_group
-    from worker.runner import start_worker_process, wait_ready
+    from worker.procutil import free_port
 
     run = uuid.uuid4().hex[:8]
     echo = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
     with ExitStack() as stack:
-        brokers, redis_url = args.brokers, args.redis_url
-        if not brokers:
-            from worker.embedded_broker import EmbeddedBroker
-
-            brokers = stack.enter_context(EmbeddedBroker()).bootstrap
-        if not redis_url:
-            from worker.embedded_redis import EmbeddedRedis
-
-            redis_url = stack.enter_context(EmbeddedRedis()).url
+        brokers, redis_url, _ = services(stack, echo, args.brokers, args.redis_url)
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bertstream-soak-")))
         topics = {k: f"soak-{run}-{k}" for k in ("in", "out", "dead")}
         heads = [h.strip() for h in args.heads.split(",") if h.strip()]
@@ -163,16 +145,12 @@ def soak(args: argparse.Namespace) -> dict[str, Any]:
                              f'dead_letter = "{topics["dead"]}"\nheads = {json.dumps(heads)}\n')
         ensure_topics(load_settings(kafka_brokers=brokers, kafka_partitions=args.partitions), list(topics.values()))
         port = free_port()
-        env = {**os.environ, "BERTSTREAM_KAFKA_BROKERS": brokers, "BERTSTREAM_REDIS_URL": redis_url,
-               "BERTSTREAM_PIPELINES_FILE": str(pipelines), "BERTSTREAM_GROUP_ID": f"soak-{run}",
-               "BERTSTREAM_WEB_PORT": str(port), "BERTSTREAM_LOG_FORMAT": "json", "BERTSTREAM_SESSION_TIMEOUT_S": "6"}
+        env = worker_env(brokers, redis_url, f"soak-{run}", port, pipelines_file=str(pipelines), session_timeout_s="6")
         log_path = Path(args.out).with_suffix(".worker.log")
         log_path.parent.mkdir(parents=True, exist_ok=True)
         log_path.write_bytes(b"")
         echo(f"starting the worker (log: {log_path})…")
-        proc = start_worker_process(env, ["soak"], log_path)
-        stack.callback(stop_process_group, proc, 60.0)
-        wait_ready(proc, port, log_path, timeout_s=300)
+        proc = start_ready_worker(stack, env, ["soak"], log_path, port)
         reader = Reader(brokers, [topics["out"], topics["dead"]], topics["dead"])
         reader.start()
         stack.callback(reader.stop.set)
@@ -203,7 +181,7 @@ def soak(args: argparse.Namespace) -> dict[str, Any]:
             if due > 0:
                 feeder.send(due)
             if elapsed >= next_sample:
-                sample = {"t_s": round(elapsed, 1), "rss_mb": rss_mb(proc.pid), "sent": feeder.sent,
+                sample = {"t_s": round(elapsed, 1), "rss_mb": proc_memory_mb(proc.pid), "sent": feeder.sent,
                           "delivered": reader.delivered(), "dead_letters": reader.dead}
                 samples.append(sample)
                 echo(f"{sample['t_s']:>7} {sample['rss_mb'] or 0:>8.1f} {sample['sent']:>8} {sample['delivered']:>10} {sample['dead_letters']:>6}")
@@ -215,7 +193,7 @@ def soak(args: argparse.Namespace) -> dict[str, Any]:
             if time.monotonic() - t0 > args.drain_timeout_s:
                 break
             time.sleep(0.5)
-        samples.append({"t_s": round(time.monotonic() - t_start, 1), "rss_mb": rss_mb(proc.pid), "sent": feeder.sent,
+        samples.append({"t_s": round(time.monotonic() - t_start, 1), "rss_mb": proc_memory_mb(proc.pid), "sent": feeder.sent,
                         "delivered": reader.delivered(), "dead_letters": reader.dead})
         with reader.lock:
             lost = [i for i in feeder.good_ids if i not in reader.ids]
