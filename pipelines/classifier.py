@@ -70,6 +70,10 @@ class Classifier:
         self._check(tasks)
         return self.run(self.prepare(texts), tasks)
 
+    def warm_up(self) -> None:
+        """One small batch through every head, so that the first real batch is not slow."""
+        self.predict(["warm-up"] * 8)
+
     def prepare(self, texts: list[str]) -> Prepared:
         """Tokenization only: may run on another thread while `run` executes the previous batch."""
         if not texts:

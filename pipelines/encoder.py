@@ -82,11 +82,6 @@ class Encoder:
     def encode(self, texts: list[str], layers: tuple[int, ...] = (-1,)) -> Encoded:
         return self.encode_windows(self.windows(texts), layers)
 
-    def windows(self, texts: list[str]) -> Windows:
-        """Tokenize into capped overlapping windows. Separate from the model pass so that a
-        caller can tokenize the next batch on another thread while the model runs this one."""
-        return self._windows(texts)
-
     def encode_windows(self, windows: Windows, layers: tuple[int, ...] = (-1,)) -> Encoded:
         n_texts = len(windows.truncated)
         sums = {layer: torch.zeros(n_texts, self.hidden_size) for layer in layers}
@@ -105,7 +100,9 @@ class Encoder:
         features = {layer: sums[layer] / weights for layer in layers}
         return Encoded(features, windows.truncated, len(windows.input_ids), tokens)
 
-    def _windows(self, texts: list[str]) -> Windows:
+    def windows(self, texts: list[str]) -> Windows:
+        """Tokenize into capped overlapping windows. Separate from the model pass so that a
+        caller can tokenize the next batch on another thread while the model runs this one."""
         s = self.settings
         clipped = [t[: self.max_chars] for t in texts]
         enc = self.tokenizer(

@@ -133,7 +133,6 @@ class WorkerApp:
         )
         self.app.shutdown_grace_s = settings.shutdown_grace_s
         self.app.fetch_max_wait_s = settings.fetch_max_wait_s
-        self.batches_done = 0
         for pipeline in pipelines:
             self._add_agent(pipeline)
         self._add_views()
@@ -316,6 +315,3 @@ class WorkerApp:
         async def prometheus(web: Any, request: Any) -> Any:
             # aiohttp refuses a charset inside content_type: the exposition format is plain ASCII text.
             return web.bytes(generate_latest(), content_type=CONTENT_TYPE_LATEST.split(";")[0])
-
-    def warm_up(self) -> None:
-        self.classifier.predict(["warm-up"] * 8)

@@ -41,10 +41,6 @@ def _clear_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
-def _settings(**overrides: Any) -> Settings:
-    return load_settings(**overrides)
-
-
 def build_classifier(settings: Settings, heads: list[str]) -> Any:
     """The encoder and the heads, loaded once and shared by every pipeline of the process."""
     import transformers
@@ -97,7 +93,7 @@ def worker(pipeline_names: tuple[str, ...], brokers: str | None, redis_url: str 
     from worker.logs import setup_logging
     from worker.services import check_broker, check_redis
 
-    settings = _settings(kafka_brokers=brokers, redis_url=redis_url, pipelines_file=pipelines_file, model_dir=model_dir,
+    settings = load_settings(kafka_brokers=brokers, redis_url=redis_url, pipelines_file=pipelines_file, model_dir=model_dir,
                          batch_size=batch_size, batch_window_s=batch_window_s, web_port=web_port)
     setup_logging(settings.log_level, settings.log_format)
     import structlog
@@ -123,7 +119,7 @@ def worker(pipeline_names: tuple[str, ...], brokers: str | None, redis_url: str 
         return ModelReloader(lambda: build_classifier(settings, heads), watched, apply)
 
     app = WorkerApp(settings, pipelines, classifier, reloader=reloader)
-    app.warm_up()
+    classifier.warm_up()
     log.info("worker_starting", pipelines=[p.name for p in pipelines], model=classifier.encoder.name,
              version=classifier.version(), device=str(classifier.encoder.device), precision=classifier.encoder.precision,
              brokers=settings.kafka_brokers, redis=settings.redis_url.get_secret_value(), web_port=settings.web_port)
@@ -148,7 +144,7 @@ def produce(source: TextIO, topic: str, fmt: str, brokers: str | None) -> None:
     """Send JSONL events or text lines from SOURCE (a file, or - for stdin) to a topic."""
     from worker.feed import produce_lines
 
-    settings = _settings(kafka_brokers=brokers)
+    settings = load_settings(kafka_brokers=brokers)
     count = produce_lines(settings, topic, _lines(source), fmt)
     click.echo(f"produced {count} events to {topic}", err=True)
 
@@ -164,7 +160,7 @@ def tail(topic: str, brokers: str | None, from_beginning: bool, max_events: int,
     """Print the events of TOPIC, one per line."""
     from worker.feed import tail_topic
 
-    settings = _settings(kafka_brokers=brokers)
+    settings = load_settings(kafka_brokers=brokers)
     for value in tail_topic(settings, topic, from_beginning=from_beginning, max_events=max_events, idle_timeout_s=timeout):
         click.echo(value.decode("utf-8", errors="replace"))
 
@@ -206,7 +202,7 @@ def predict(source: TextIO, heads: str, model_dir: Path | None, batch_size: int)
     A line that is a JSON object with a "text" field is read as an event; any other line is the text.
     No broker or Redis is needed.
     """
-    settings = _settings(model_dir=model_dir)
+    settings = load_settings(model_dir=model_dir)
     classifier = build_classifier(settings, [h.strip() for h in heads.split(",") if h.strip()])
     lines = list(_lines(source))
     for start in range(0, len(lines), batch_size):

@@ -51,7 +51,7 @@ class ModelReloader:
 
     def _load_warm(self) -> Classifier:
         classifier = self._load()
-        classifier.predict(["warm-up"] * 8)
+        classifier.warm_up()
         return classifier
 
     async def reload(self, reason: str) -> bool:

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import time
 import urllib.request
@@ -18,6 +17,7 @@ from pipelines.heads import load_head
 from pipelines.registry import resolve_head_dir
 from worker.cache import cache_key
 from worker.codec import raw_bytes
+from worker.harness import worker_env
 from worker.procutil import free_port, log_tail, stop_process_group
 from worker.runner import start_worker_process, wait_ready
 
@@ -44,10 +44,8 @@ def worker(kafka_bootstrap: str, redis_url: str, tmp_path_factory: pytest.TempPa
         f'routes = [{{ head = "spam", label = "spam", topic = "{topics["spam"]}" }}]\n'
     )
     port = free_port()
-    env = {**os.environ, "BERTSTREAM_KAFKA_BROKERS": kafka_bootstrap, "BERTSTREAM_REDIS_URL": redis_url,
-           "BERTSTREAM_PIPELINES_FILE": str(pipelines_file), "BERTSTREAM_GROUP_ID": f"e2e-{run}",
-           "BERTSTREAM_WEB_PORT": str(port), "BERTSTREAM_SESSION_TIMEOUT_S": "6", "BERTSTREAM_LOG_FORMAT": "json",
-           "BERTSTREAM_KAFKA_PARTITIONS": "2"}
+    env = worker_env(kafka_bootstrap, redis_url, f"e2e-{run}", port, pipelines_file=str(pipelines_file),
+                     session_timeout_s="6", kafka_partitions="2")
     log = tmp / "worker.log"
     proc = start_worker_process(env, ["e2e"], log)
     try:

@@ -26,6 +26,7 @@ from typing import Any, Iterable
 from kafka import KafkaConsumer, KafkaProducer
 
 from worker.config import load_settings
+from worker.harness import worker_env
 from worker.kafka_admin import ensure_topics
 from worker.procutil import free_port, stop_process_group
 from worker.runner import start_worker_process, wait_ready
@@ -165,11 +166,9 @@ class FaultRun:
 
     # -- workers -------------------------------------------------------------------------------------
     def env(self, port: int, **extra: str) -> dict[str, str]:
-        env = {**os.environ, "BERTSTREAM_KAFKA_BROKERS": self.bootstrap, "BERTSTREAM_REDIS_URL": self.redis_url,
-               "BERTSTREAM_PIPELINES_FILE": str(self.pipelines_file), "BERTSTREAM_GROUP_ID": self.group,
-               "BERTSTREAM_WEB_PORT": str(port), "BERTSTREAM_LOG_FORMAT": "json",
-               "BERTSTREAM_SESSION_TIMEOUT_S": "6", "BERTSTREAM_KAFKA_PARTITIONS": str(self.partitions),
-               "BERTSTREAM_THREADS": "1", **self.extra_env}
+        env = worker_env(self.bootstrap, self.redis_url, self.group, port, pipelines_file=str(self.pipelines_file),
+                         session_timeout_s="6", kafka_partitions=str(self.partitions), threads="1")
+        env.update(self.extra_env)
         env.update({k if k.startswith("BERTSTREAM_") else f"BERTSTREAM_{k.upper()}": str(v) for k, v in extra.items()})
         return env
 

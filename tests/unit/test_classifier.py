@@ -110,7 +110,7 @@ def test_character_cap_truncates_huge_text_cheaply(bert, tokenizer) -> None:
 
 def test_windows_overlap_and_keep_special_tokens(bert, tokenizer) -> None:
     enc = make_encoder(bert, tokenizer, window_tokens=32, stride_tokens=8, max_windows=16)
-    windows = enc._windows([" ".join(f"w{i}" for i in range(60))])
+    windows = enc.windows([" ".join(f"w{i}" for i in range(60))])
     assert len(windows.input_ids) > 1
     for ids in windows.input_ids:
         assert len(ids) <= 32
