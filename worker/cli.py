@@ -168,19 +168,30 @@ def tail(topic: str, brokers: str | None, from_beginning: bool, max_events: int,
 @cli.command()
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
 @click.option("--port", type=int, default=9092, show_default=True, help="Port to listen on.")
+@click.option("--tls-cert", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Serve TLS only, with this PEM certificate (chain); needs --tls-key and socat.")
+@click.option("--tls-key", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="PEM key of --tls-cert.")
+@click.option("--tls-ca", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="CA that signed --tls-cert, for the start-up probe (default: the certificate itself).")
 @_clear_errors
-def broker(host: str, port: int) -> None:
+def broker(host: str, port: int, tls_cert: Path | None, tls_key: Path | None, tls_ca: Path | None) -> None:
     """Run the embedded Kafka-protocol broker (tansu, memory only) in the foreground.
 
     For development and tests; production uses Apache Kafka. Nothing persists across a restart.
+    With --tls-cert/--tls-key a socat front terminates TLS (tansu 0.6.0 cannot); clients then set
+    BERTSTREAM_KAFKA_SECURITY_PROTOCOL=SSL and BERTSTREAM_KAFKA_SSL_CAFILE.
     """
     import signal
     import time
 
     from worker.embedded_broker import EmbeddedBroker
+    from worker.tls_front import TlsFiles
 
-    with EmbeddedBroker(host=host, port=port) as running:
-        click.echo(f"broker listening on {running.bootstrap} (Ctrl-C to stop)", err=True)
+    if (tls_cert is None) != (tls_key is None):
+        raise click.UsageError("--tls-cert and --tls-key go together")
+    tls = TlsFiles(tls_cert, tls_key, tls_ca or tls_cert) if tls_cert and tls_key else None
+    with EmbeddedBroker(host=host, port=port, tls=tls) as running:
+        click.echo(f"broker listening on {running.bootstrap}{' (TLS)' if tls else ''} (Ctrl-C to stop)", err=True)
         signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
         try:
             while running.running():

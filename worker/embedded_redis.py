@@ -11,6 +11,7 @@ from pathlib import Path
 from urllib.parse import quote
 
 from worker.procutil import EmbeddedProcess
+from worker.tls_front import TlsFiles
 
 
 def redis_server_binary() -> Path:
@@ -25,25 +26,29 @@ def redis_server_binary() -> Path:
 
 
 class EmbeddedRedis(EmbeddedProcess):
-    """``redis-server`` on a loopback port, memory only, optional ``requirepass``."""
+    """``redis-server`` on a loopback port, memory only, optional ``requirepass``; with ``tls``, TLS only."""
 
     name = "redis"
 
-    def __init__(self, host: str = "127.0.0.1", port: int | None = None, password: str | None = None) -> None:
+    def __init__(self, host: str = "127.0.0.1", port: int | None = None, password: str | None = None,
+                 tls: TlsFiles | None = None) -> None:
         self.binary = redis_server_binary()
         self.password = password
+        self.tls = tls
         super().__init__(host, port)
 
     @property
     def url(self) -> str:
-        """``redis://[:password@]host:port/0``."""
+        """``redis://[:password@]host:port/0``, or ``rediss://…/0?ssl_ca_certs=CA`` with ``tls``."""
         auth = f":{quote(self.password, safe='')}@" if self.password else ""
+        if self.tls is not None:
+            return f"rediss://{auth}{self.host}:{self.port}/0?ssl_ca_certs={quote(str(self.tls.ca), safe='/')}"
         return f"redis://{auth}{self.host}:{self.port}/0"
 
     def _command(self) -> Sequence[str]:
         cmd = [
             str(self.binary),
-            "--port", str(self.port),
+            *self._listen(),
             "--bind", self.host,
             "--save", "",
             "--appendonly", "no",
@@ -54,6 +59,12 @@ class EmbeddedRedis(EmbeddedProcess):
         if self.password:
             cmd += ["--requirepass", self.password]
         return cmd
+
+    def _listen(self) -> list[str]:
+        if self.tls is None:
+            return ["--port", str(self.port)]
+        return ["--port", "0", "--tls-port", str(self.port), "--tls-cert-file", str(self.tls.cert),
+                "--tls-key-file", str(self.tls.key), "--tls-ca-cert-file", str(self.tls.ca), "--tls-auth-clients", "no"]
 
     def _probe(self) -> bool:
         import redis

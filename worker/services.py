@@ -1,11 +1,14 @@
 """Start-up checks: the broker and Redis must answer, or the worker stops with one clear line."""
 from __future__ import annotations
 
+import socket
+import ssl
+
 import redis
 from kafka.errors import KafkaError
 
 from worker.config import Settings
-from worker.kafka_admin import ensure_topics
+from worker.kafka_admin import ensure_topics, ssl_context
 from worker.logs import redact
 
 
@@ -19,9 +22,35 @@ def check_broker(settings: Settings, topics: list[str], timeout_s: float = 15.0)
         ensure_topics(settings, topics, timeout_s=timeout_s)
     except (KafkaError, OSError, ValueError) as exc:
         raise ServiceUnavailable(
-            f"Kafka broker {settings.kafka_brokers} unreachable ({type(exc).__name__}): "
+            _tls_problem(settings)
+            or f"Kafka broker {settings.kafka_brokers} unreachable ({type(exc).__name__}): "
             "start one (`bertstream broker`) or set BERTSTREAM_KAFKA_BROKERS"
         ) from None
+
+
+def _tls_problem(settings: Settings, timeout_s: float = 5.0) -> str | None:
+    """Why a TLS connection to the first broker fails, in words, when TLS is the reason (else None)."""
+    if "SSL" not in settings.kafka_security_protocol:
+        return None
+    host, _, port = settings.kafka_brokers.split(",")[0].strip().rpartition(":")
+    try:
+        context = ssl_context(settings)
+    except (OSError, ssl.SSLError) as exc:
+        return (f"cannot load the Kafka TLS files ({exc}): check BERTSTREAM_KAFKA_SSL_CAFILE, "
+                "BERTSTREAM_KAFKA_SSL_CERTFILE and BERTSTREAM_KAFKA_SSL_KEYFILE")
+    assert context is not None
+    try:
+        with socket.create_connection((host, int(port)), timeout=timeout_s) as sock:
+            with context.wrap_socket(sock, server_hostname=host):
+                return None
+    except ssl.SSLCertVerificationError as exc:
+        return (f"Kafka broker {host}:{port}: TLS certificate not trusted ({exc.verify_message}): "
+                "set BERTSTREAM_KAFKA_SSL_CAFILE to the CA that signed it")
+    except ssl.SSLError as exc:
+        return (f"Kafka broker {host}:{port}: TLS handshake failed ({exc.reason}): check that the listener "
+                "speaks TLS and BERTSTREAM_KAFKA_SECURITY_PROTOCOL")
+    except (OSError, ValueError):
+        return None  # not a TLS problem: the caller's "unreachable" line says it
 
 
 def check_redis(settings: Settings, timeout_s: float = 3.0) -> None:
@@ -44,6 +73,11 @@ def check_redis(settings: Settings, timeout_s: float = 3.0) -> None:
             ) from None
         raise ServiceUnavailable(f"Redis {redact(url)} answered with an error: {redact(str(exc))}") from None
     except (redis.RedisError, OSError, ValueError) as exc:
+        if "CERTIFICATE_VERIFY_FAILED" in str(exc):
+            raise ServiceUnavailable(
+                f"Redis {redact(url)}: TLS certificate not trusted: add ?ssl_ca_certs=/path/to/ca.pem "
+                "to BERTSTREAM_REDIS_URL"
+            ) from None
         raise ServiceUnavailable(
             f"Redis {redact(url)} unreachable ({type(exc).__name__}: {redact(str(exc))}): "
             "start one, fix BERTSTREAM_REDIS_URL, or set BERTSTREAM_CACHE_TTL_S=0 to run without the cache"

@@ -27,7 +27,7 @@ from kafka import KafkaConsumer, KafkaProducer
 
 from worker.config import load_settings
 from worker.harness import worker_env
-from worker.kafka_admin import ensure_topics
+from worker.kafka_admin import client_kwargs, ensure_topics
 from worker.procutil import free_port, stop_process_group
 from worker.runner import start_worker_process, wait_ready
 
@@ -93,8 +93,13 @@ class FaultRun:
     """One fault scenario: its own topics and consumer group, and the worker processes it started."""
 
     def __init__(self, bootstrap: str, redis_url: str, tmp: Path, *, partitions: int = 2, heads: list[str] | None = None,
-                 batch_size: int = 32, env: dict[str, str] | None = None, prefix: str = "fault") -> None:
+                 batch_size: int = 32, env: dict[str, str] | None = None, prefix: str = "fault",
+                 kafka: dict[str, str] | None = None) -> None:
+        """`kafka`: more Kafka settings (e.g. kafka_security_protocol), for the worker and the test's clients."""
         self.bootstrap = bootstrap
+        self.kafka = kafka or {}
+        self.settings = load_settings(kafka_brokers=bootstrap, kafka_partitions=partitions, **self.kafka)
+        self.client = client_kwargs(self.settings)
         self.redis_url = redis_url
         self.tmp = tmp
         self.partitions = partitions
@@ -116,13 +121,12 @@ class FaultRun:
     # -- topics and events -----------------------------------------------------------------------
     def create_topics(self) -> None:
         """Create the run's topics (again, after a broker restart that lost them)."""
-        settings = load_settings(kafka_brokers=self.bootstrap, kafka_partitions=self.partitions)
-        ensure_topics(settings, list(self.topics.values()), timeout_s=30)
+        ensure_topics(self.settings, list(self.topics.values()), timeout_s=30)
 
     @property
     def producer(self) -> KafkaProducer:
         if self._producer is None:
-            self._producer = KafkaProducer(bootstrap_servers=self.bootstrap, acks="all", linger_ms=5,
+            self._producer = KafkaProducer(**self.client, acks="all", linger_ms=5,
                                            max_request_size=PRODUCER_MAX_BYTES, request_timeout_ms=30000)
         return self._producer
 
@@ -168,6 +172,7 @@ class FaultRun:
     def env(self, port: int, **extra: str) -> dict[str, str]:
         env = worker_env(self.bootstrap, self.redis_url, self.group, port, pipelines_file=str(self.pipelines_file),
                          session_timeout_s="6", kafka_partitions=str(self.partitions), threads="1")
+        env.update({f"BERTSTREAM_{k.upper()}": str(v) for k, v in self.kafka.items()})
         env.update(self.extra_env)
         env.update({k if k.startswith("BERTSTREAM_") else f"BERTSTREAM_{k.upper()}": str(v) for k, v in extra.items()})
         return env
@@ -206,6 +211,7 @@ class Collector:
     bootstrap: str
     topics: list[str]
     dead_topic: str
+    client: dict[str, Any] = field(default_factory=dict)  # kafka-python security settings
     outputs: dict[str, list[dict[str, Any]]] = field(default_factory=lambda: defaultdict(list))
     dead: list[dict[str, Any]] = field(default_factory=list)
     order: dict[tuple[str, int], list[dict[str, Any]]] = field(default_factory=lambda: defaultdict(list))
@@ -218,7 +224,7 @@ class Collector:
         self._thread.start()
 
     def _consumer(self) -> KafkaConsumer:
-        return KafkaConsumer(*self.topics, bootstrap_servers=self.bootstrap, group_id=f"collector-{uuid.uuid4().hex[:8]}",
+        return KafkaConsumer(*self.topics, **{"bootstrap_servers": self.bootstrap, **self.client}, group_id=f"collector-{uuid.uuid4().hex[:8]}",
                              auto_offset_reset="earliest", session_timeout_ms=6000, heartbeat_interval_ms=1000,
                              fetch_max_bytes=64 << 20, max_partition_fetch_bytes=32 << 20, enable_auto_commit=False)
 

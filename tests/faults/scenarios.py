@@ -17,7 +17,7 @@ from worker.procutil import log_tail
 
 
 def collector_for(run: FaultRun) -> Collector:
-    return Collector(run.bootstrap, [run.topics["out"], run.topics["dead"]], run.topics["dead"])
+    return Collector(run.bootstrap, [run.topics["out"], run.topics["dead"]], run.topics["dead"], client=run.client)
 
 
 class Stream(threading.Thread):

@@ -20,6 +20,7 @@ from tests.faults import scenarios
 from tests.faults.harness import FaultRun, Figures
 from worker.codec import MAX_DEPTH, MAX_ID_CHARS, RAW_PREFIX_BYTES, raw_bytes
 from worker.procutil import free_port, log_tail
+from worker.tls_front import TlsFiles
 
 pytestmark = pytest.mark.integration
 
@@ -281,7 +282,7 @@ def test_wrong_redis_password_is_one_clear_line_without_the_secret(kafka_bootstr
         _assert_one_clear_line(_run_worker(no_pass.env(free_port()), "--pipeline", no_pass.pipeline), "BERTSTREAM_REDIS_URL")
 
 
-# -- 7: Kafka SASL / TLS settings pass through (the embedded tansu 0.6.0 cannot serve TLS) ------------
+# -- 7: Kafka SASL / TLS settings pass through to both clients -----------------------------------------
 
 def test_kafka_sasl_and_tls_settings_pass_through(tmp: Path) -> None:
     import ssl
@@ -290,7 +291,6 @@ def test_kafka_sasl_and_tls_settings_pass_through(tmp: Path) -> None:
 
     from worker.app import _credentials
     from worker.config import load_settings
-    from worker.embedded_broker import EmbeddedBroker
     from worker.kafka_admin import client_kwargs
 
     key, cert = tmp / "key.pem", tmp / "cert.pem"
@@ -312,9 +312,80 @@ def test_kafka_sasl_and_tls_settings_pass_through(tmp: Path) -> None:
     assert isinstance(_credentials(tls_only), faust.SSLCredentials)
     assert _credentials(load_settings()) is None
     assert "pw-123" not in repr(settings)  # SecretStr
-    # The embedded broker cannot test TLS for real: tansu 0.6.0 refuses --cert with --key.
-    with pytest.raises(ValueError, match="TLS is not available"):
-        EmbeddedBroker(cert=cert, key=key)
+
+
+# -- 7: TLS for real: Kafka through the embedded broker's TLS front, Redis on --tls-port -------------
+
+@pytest.fixture(scope="module")
+def tls_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[TlsFiles, Path]:
+    """A server certificate for 127.0.0.1 signed by a test CA, and the PEM of another, unrelated CA."""
+    import trustme
+
+    base = tmp_path_factory.mktemp("tls")
+    ca = trustme.CA()
+    server = ca.issue_cert("127.0.0.1", "localhost")
+    ca.cert_pem.write_to_path(str(base / "ca.pem"))
+    server.private_key_pem.write_to_path(str(base / "key.pem"))
+    (base / "cert.pem").write_bytes(b"".join(blob.bytes() for blob in server.cert_chain_pems))
+    trustme.CA().cert_pem.write_to_path(str(base / "other-ca.pem"))
+    return TlsFiles(base / "cert.pem", base / "key.pem", base / "ca.pem"), base / "other-ca.pem"
+
+
+def test_worker_over_tls_to_kafka_and_redis(tls_files: tuple[TlsFiles, Path], tmp: Path) -> None:
+    """The worker reads, caches and publishes over TLS only; plaintext clients get nothing."""
+    import redis
+    from kafka import KafkaAdminClient
+    from kafka.errors import KafkaError
+
+    from worker.embedded_broker import EmbeddedBroker
+    from worker.embedded_redis import EmbeddedRedis
+
+    tls, _ = tls_files
+    password = "tls-pw-" + os.urandom(4).hex()
+    with EmbeddedBroker(tls=tls) as broker, EmbeddedRedis(password=password, tls=tls) as server:
+        assert server.url.startswith("rediss://")
+        run = FaultRun(broker.bootstrap, server.url, tmp, kafka={"kafka_security_protocol": "SSL",
+                                                                 "kafka_ssl_cafile": str(tls.ca)})
+        col = scenarios.collector_for(run)
+        try:
+            worker = run.start_worker()
+            first = [run.event(i, distinct=20) for i in range(20)]
+            run.produce([v for _, v in first] + [b'{"text": "unterminated'])
+            col.wait_for([e for e, _ in first], 120, dead=1)
+            assert not col.missing([e for e, _ in first]), log_tail(worker.log)
+            assert [d["error"] for d in col.dead] == ["invalid_json"]
+            # The same texts again under new ids: served from Redis over TLS.
+            again = [run.event(i, distinct=20, tag="again") for i in range(20)]
+            run.produce([v for _, v in again])
+            col.wait_for([e for e, _ in again], 120)
+            assert not col.missing([e for e, _ in again]), log_tail(worker.log)
+            assert (worker.metric("bertstream_cache_hits_total") or 0) >= 20
+            assert redis.Redis.from_url(server.url).dbsize() > 0
+            assert password not in worker.log_text()
+            # A client that does not speak TLS gets no answer from the TLS port.
+            with pytest.raises(KafkaError):
+                KafkaAdminClient(bootstrap_servers=broker.bootstrap, request_timeout_ms=2000,
+                                 bootstrap_timeout_ms=2000).list_topics()
+        finally:
+            col.close()
+            run.stop_all()
+
+
+def test_tls_startup_errors_are_one_clear_line(tls_files: tuple[TlsFiles, Path], tmp: Path) -> None:
+    """An untrusted broker or Redis certificate stops the worker with one line that names the fix."""
+    from worker.embedded_broker import EmbeddedBroker
+    from worker.embedded_redis import EmbeddedRedis
+
+    tls, other_ca = tls_files
+    with EmbeddedBroker(tls=tls) as broker, EmbeddedRedis(tls=tls) as server:
+        run = FaultRun(broker.bootstrap, server.url, tmp, kafka={"kafka_security_protocol": "SSL",
+                                                                 "kafka_ssl_cafile": str(tls.ca)})
+        wrong_ca = run.env(free_port(), kafka_ssl_cafile=str(other_ca))
+        _assert_one_clear_line(_run_worker(wrong_ca, "--pipeline", run.pipeline),
+                               "TLS certificate not trusted", "BERTSTREAM_KAFKA_SSL_CAFILE")
+        no_redis_ca = run.env(free_port(), redis_url=server.url.split("?")[0])
+        _assert_one_clear_line(_run_worker(no_redis_ca, "--pipeline", run.pipeline),
+                               "TLS certificate not trusted", "ssl_ca_certs", "BERTSTREAM_REDIS_URL")
 
 
 # -- 2 + 4: a stop while the broker is down is still bounded ------------------------------------------
