@@ -53,13 +53,16 @@ class EmbeddedBroker(EmbeddedProcess):
 
     name = "tansu"
 
-    def __init__(self, host: str = "127.0.0.1", port: int | None = None, tls: TlsFiles | None = None) -> None:
+    def __init__(self, host: str = "127.0.0.1", port: int | None = None, tls: TlsFiles | None = None,
+                 client_auth: bool = False) -> None:
+        """``client_auth``: mutual TLS, clients need a certificate signed by ``tls.ca``."""
         self.binary = tansu_binary()
         self.tls = tls
+        self.client_auth = client_auth
         self.front: TlsFront | None = None
         if tls is not None:
             # tansu listens on a private port; the front owns the public one, which tansu advertises.
-            self.front = TlsFront(tls, backend_port=free_port(host), host=host, port=port)
+            self.front = TlsFront(tls, backend_port=free_port(host), host=host, port=port, client_auth=client_auth)
             super().__init__(host, self.front.backend_port)
         else:
             super().__init__(host, port)
@@ -70,10 +73,13 @@ class EmbeddedBroker(EmbeddedProcess):
         return f"{self.host}:{self.front.port if self.front else self.port}"
 
     def client_kwargs(self) -> dict[str, str]:
-        """kafka-python settings that reach this broker."""
+        """kafka-python settings that reach this broker (with mutual TLS, as the broker's own cert)."""
         if self.tls is None:
             return {"bootstrap_servers": self.bootstrap}
-        return {"bootstrap_servers": self.bootstrap, "security_protocol": "SSL", "ssl_cafile": str(self.tls.ca)}
+        kwargs = {"bootstrap_servers": self.bootstrap, "security_protocol": "SSL", "ssl_cafile": str(self.tls.ca)}
+        if self.client_auth:
+            kwargs |= {"ssl_certfile": str(self.tls.cert), "ssl_keyfile": str(self.tls.key)}
+        return kwargs
 
     def start(self, timeout: float = 30.0) -> Self:
         if self.front is not None:

@@ -1,8 +1,11 @@
 """Start-up checks: the broker and Redis must answer, or the worker stops with one clear line."""
 from __future__ import annotations
 
+import logging
 import socket
 import ssl
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import redis
 from kafka.errors import KafkaError
@@ -19,13 +22,26 @@ class ServiceUnavailable(RuntimeError):
 def check_broker(settings: Settings, topics: list[str], timeout_s: float = 15.0) -> None:
     """Reach the broker and create the pipelines' topics where they are missing."""
     try:
-        ensure_topics(settings, topics, timeout_s=timeout_s)
+        with _quiet("kafka"):
+            ensure_topics(settings, topics, timeout_s=timeout_s)
     except (KafkaError, OSError, ValueError) as exc:
         raise ServiceUnavailable(
             _tls_problem(settings)
             or f"Kafka broker {settings.kafka_brokers} unreachable ({type(exc).__name__}): "
             "start one (`bertstream broker`) or set BERTSTREAM_KAFKA_BROKERS"
         ) from None
+
+
+@contextmanager
+def _quiet(logger_name: str) -> Iterator[None]:
+    """Silence a client library's own error logs (tracebacks included) while our line says it."""
+    logger = logging.getLogger(logger_name)
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 def _tls_problem(settings: Settings, timeout_s: float = 5.0) -> str | None:
@@ -41,12 +57,21 @@ def _tls_problem(settings: Settings, timeout_s: float = 5.0) -> str | None:
     assert context is not None
     try:
         with socket.create_connection((host, int(port)), timeout=timeout_s) as sock:
-            with context.wrap_socket(sock, server_hostname=host):
+            with context.wrap_socket(sock, server_hostname=host) as tls:
+                # TLS 1.3 servers reject a missing client certificate after the handshake: read briefly.
+                tls.settimeout(1.0)
+                try:
+                    tls.recv(1)
+                except TimeoutError:
+                    pass
                 return None
     except ssl.SSLCertVerificationError as exc:
         return (f"Kafka broker {host}:{port}: TLS certificate not trusted ({exc.verify_message}): "
                 "set BERTSTREAM_KAFKA_SSL_CAFILE to the CA that signed it")
     except ssl.SSLError as exc:
+        if "CERTIFICATE_REQUIRED" in str(exc.reason) or "HANDSHAKE_FAILURE" in str(exc.reason):
+            return (f"Kafka broker {host}:{port} wants a client certificate ({exc.reason}): set "
+                    "BERTSTREAM_KAFKA_SSL_CERTFILE and BERTSTREAM_KAFKA_SSL_KEYFILE")
         return (f"Kafka broker {host}:{port}: TLS handshake failed ({exc.reason}): check that the listener "
                 "speaks TLS and BERTSTREAM_KAFKA_SECURITY_PROTOCOL")
     except (OSError, ValueError):

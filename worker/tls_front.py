@@ -32,19 +32,25 @@ def socat_binary() -> Path:
 
 
 class TlsFront(EmbeddedProcess):
-    """Accept TLS on ``host:port`` and forward the plaintext to ``backend_port`` on loopback."""
+    """Accept TLS on ``host:port`` and forward the plaintext to ``backend_port`` on loopback.
+
+    With ``client_auth``, only clients whose certificate ``tls.ca`` signed get through (mutual TLS).
+    """
 
     name = "tls-front"
 
-    def __init__(self, tls: TlsFiles, backend_port: int, host: str = "127.0.0.1", port: int | None = None) -> None:
+    def __init__(self, tls: TlsFiles, backend_port: int, host: str = "127.0.0.1", port: int | None = None,
+                 client_auth: bool = False) -> None:
         self.binary = socat_binary()
         self.tls = tls
         self.backend_port = backend_port
+        self.client_auth = client_auth
         super().__init__(host, port)
 
     def _command(self) -> Sequence[str]:
+        verify = f"verify=1,cafile={self.tls.ca}" if self.client_auth else "verify=0"
         listen = (f"OPENSSL-LISTEN:{self.port},bind={self.host},reuseaddr,fork,"
-                  f"cert={self.tls.cert},key={self.tls.key},verify=0")
+                  f"cert={self.tls.cert},key={self.tls.key},{verify}")
         return [str(self.binary), "-d", listen, f"TCP:127.0.0.1:{self.backend_port}"]
 
     def _probe(self) -> bool:

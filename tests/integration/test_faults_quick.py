@@ -328,6 +328,9 @@ def tls_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[TlsFiles, Path]
     server.private_key_pem.write_to_path(str(base / "key.pem"))
     (base / "cert.pem").write_bytes(b"".join(blob.bytes() for blob in server.cert_chain_pems))
     trustme.CA().cert_pem.write_to_path(str(base / "other-ca.pem"))
+    client = ca.issue_cert("bertstream-worker")  # for mutual TLS
+    client.private_key_pem.write_to_path(str(base / "client-key.pem"))
+    (base / "client.pem").write_bytes(b"".join(blob.bytes() for blob in client.cert_chain_pems))
     return TlsFiles(base / "cert.pem", base / "key.pem", base / "ca.pem"), base / "other-ca.pem"
 
 
@@ -417,3 +420,28 @@ def test_sigterm_with_broker_down_exits_within_grace(tmp: Path, redis_url: str) 
         fig.emit()
         assert stop_s < 8 + 5, log_tail(worker.log)
         assert code in (0, 3), log_tail(worker.log)
+
+
+def test_worker_with_mutual_tls(tls_files: tuple[TlsFiles, Path], redis_url: str, tmp: Path) -> None:
+    """A broker that wants client certificates: the worker's certificate gets it through; without
+    one, the worker stops at start-up with one line that names the settings."""
+    from worker.embedded_broker import EmbeddedBroker
+
+    tls, _ = tls_files
+    client = {"kafka_ssl_certfile": str(tls.ca.parent / "client.pem"), "kafka_ssl_keyfile": str(tls.ca.parent / "client-key.pem")}
+    with EmbeddedBroker(tls=tls, client_auth=True) as broker:
+        run = FaultRun(broker.bootstrap, redis_url, tmp, kafka={"kafka_security_protocol": "SSL",
+                                                                "kafka_ssl_cafile": str(tls.ca), **client})
+        no_cert = {k: v for k, v in run.env(free_port()).items() if k not in ("BERTSTREAM_KAFKA_SSL_CERTFILE", "BERTSTREAM_KAFKA_SSL_KEYFILE")}
+        _assert_one_clear_line(_run_worker(no_cert, "--pipeline", run.pipeline),
+                               "client certificate", "BERTSTREAM_KAFKA_SSL_CERTFILE")
+        col = scenarios.collector_for(run)
+        try:
+            worker = run.start_worker()
+            events = [run.event(i, distinct=10) for i in range(10)]
+            run.produce([v for _, v in events])
+            col.wait_for([e for e, _ in events], 120)
+            assert not col.missing([e for e, _ in events]), log_tail(worker.log)
+        finally:
+            col.close()
+            run.stop_all()
