@@ -81,7 +81,7 @@ def _eval_heads(heads: list[str], wanted: list[str]) -> list[str]:
 
 def run_bench(out: Path, events: int | None = None, quick: bool = False, heads: list[str] | None = None,
               brokers: str | None = None, redis_url: str | None = None, skip_baseline: bool = False,
-              log: Any = None) -> dict[str, Any]:
+              base_sized: bool = True, log: Any = None) -> dict[str, Any]:
     from pipelines.numerics import resolve_device, resolve_precision
     from pipelines.registry import task_name
     from worker import bench_data
@@ -135,6 +135,12 @@ def run_bench(out: Path, events: int | None = None, quick: bool = False, heads: 
 
         report["meta"]["torch_threads_model_only"] = torch.get_num_threads()
         report["model_only"] = model
+        if base_sized:
+            from worker.bench_base import run_base_suite
+
+            base_precisions = list(dict.fromkeys(["fp32", default_precision] + ([] if device.type == "cpu" else ["fp16", "bf16"])))
+            report["base_sized"] = run_base_suite(heads, tasks, short, str(device), base_precisions, settings.batch_size,
+                                                  sizes["min_seconds"], echo)
         stream = run_stream_suite(brokers, redis_url, heads, bench_data.short_texts, bench_data.long_texts, sizes["events"],
                                   sizes["long_e2e"], sizes["scaling"], sizes["loads"], sizes["load_seconds"], log=echo)
         # B again, after the stream: how much the machine's load drifted between B and C.
@@ -173,7 +179,10 @@ def run_bench(out: Path, events: int | None = None, quick: bool = False, heads: 
               help="torch intra-op threads for every path (A, B and the worker); sets BERTSTREAM_THREADS. "
                    "Default: BERTSTREAM_THREADS, else torch's default (one per core).")
 @click.option("--skip-baseline", is_flag=True, help="Skip A (the naive loop).")
-def bench(out: Path, events: int | None, quick: bool, heads: str, threads: int | None, skip_baseline: bool) -> None:
+@click.option("--base-sized/--no-base-sized", default=True, show_default=True,
+              help="Also measure a BERT-base-sized encoder (random weights), model only, per precision.")
+def bench(out: Path, events: int | None, quick: bool, heads: str, threads: int | None, skip_baseline: bool,
+          base_sized: bool) -> None:
     """Throughput and latency of our path against the baselines, in one run.
 
     Uses BERTSTREAM_KAFKA_BROKERS / BERTSTREAM_REDIS_URL when set, otherwise starts an embedded
@@ -184,6 +193,7 @@ def bench(out: Path, events: int | None, quick: bool, heads: str, threads: int |
     if threads is not None:
         os.environ["BERTSTREAM_THREADS"] = str(threads)  # read by load_settings here and by the worker child
     try:
-        run_bench(out, events, quick, [h.strip() for h in heads.split(",") if h.strip()], skip_baseline=skip_baseline)
+        run_bench(out, events, quick, [h.strip() for h in heads.split(",") if h.strip()], skip_baseline=skip_baseline,
+                  base_sized=base_sized)
     except ModelNotFoundError as exc:
         raise click.ClickException(str(exc)) from None

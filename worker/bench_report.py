@@ -101,6 +101,8 @@ def format_table(report: dict[str, Any]) -> str:
             continue  # that is B
         row(f"   model only, {precision} batch 64", entry.get("batch64"))
     row("   B again, after the end-to-end runs (drift check)", report.get("B_again"))
+    for precision, entry in (_get(report, "base_sized", "precisions") or {}).items():
+        row(f"   BERT-base-sized (random weights), model only, {precision}", entry)
     c, d = report.get("C"), report.get("D")
     row("C  worker end to end, cold cache", c, f"mean batch {_get(c or {}, 'worker', 'mean_batch')}")
     row("D  worker end to end, warm cache", d, f"cached {d.get('cached') if d else ''}")
