@@ -176,7 +176,10 @@ def eval_command(heads, source, text_column, label_column, train_file, report_pa
 @click.option("--markdown", type=click.Path(dir_okay=False), default=None, help="Also write the table here.")
 @click.option("--provenance", is_flag=True, help="Rewrite each default head's PROVENANCE.md with these results.")
 @click.option("--strict", is_flag=True, help="Exit 1 when a head misses its target or does not beat both TF-IDF baselines.")
-def eval_defaults_command(out_dir: str, markdown: str | None, provenance: bool, strict: bool) -> None:
+@click.option("--finetuned", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
+              help="Also evaluate the heads of this `train --mode finetune` directory on their own encoder, "
+                   "side by side with the frozen-encoder defaults (`make finetune` writes models/finetuned).")
+def eval_defaults_command(out_dir: str, markdown: str | None, provenance: bool, strict: bool, finetuned: Path | None) -> None:
     """Evaluate every committed default head on its dataset with the baselines, and print the table.
 
     This is `make eval`: sentiment on vader, spam on sms_spam, news_topic on r8, email_topic on
@@ -185,7 +188,7 @@ def eval_defaults_command(out_dir: str, markdown: str | None, provenance: bool, 
     """
     from pipelines import evaluate
 
-    reports = evaluate.evaluate_defaults(Path(out_dir))
+    reports = evaluate.evaluate_defaults(Path(out_dir), finetuned=finetuned)
     table = evaluate.format_table(reports)
     if provenance:
         from pipelines.registry import resolve_head_dir

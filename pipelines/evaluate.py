@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from pipelines import datasets
-from pipelines.encoder import Encoder
+from pipelines.encoder import Encoder, EncoderSettings
 from pipelines.features import cached_features, select_layers
 from pipelines.heads import load_head
 from pipelines.registry import resolve_head_dir
@@ -292,10 +292,10 @@ def format_table(reports: list[dict[str, Any]]) -> str:
         primary = rep["primary"]
         target = ", ".join(f"{m}>={v}" for m, v in rep["targets"].items())
         for name, r in rep["models"].items():
-            met = {True: "yes", False: "no", None: "-"}[r.get("target_met")] if r["kind"] == "head" else ""
+            met = {True: "yes", False: "no", None: "-"}[r.get("target_met")] if r["kind"] in ("head", "finetuned") else ""
             lines.append(
                 f"{rep['dataset']:9s} {name:26s} {r['accuracy']:8.4f} {r['macro_f1']:8.4f} {primary + ' ' + format(metric(r, primary), '.4f'):>14s} "
-                f"{target if r['kind'] == 'head' else '':>22s} {met:>4s}"
+                f"{target if r['kind'] in ('head', 'finetuned') else '':>22s} {met:>4s}"
             )
         for name, r in rep["models"].items():
             if r.get("head", {}).get("warning"):
@@ -305,16 +305,33 @@ def format_table(reports: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def evaluate_defaults(out_dir: Path, progress: bool = True) -> list[dict[str, Any]]:
+def evaluate_defaults(out_dir: Path, progress: bool = True, finetuned: Path | None = None) -> list[dict[str, Any]]:
+    """Every default head on its set with the baselines; with `finetuned` (a `train --mode finetune`
+    output directory), its heads too, on their own encoder, as `finetuned:<task>` rows."""
     encoder = Encoder()
+    tuned = Encoder(EncoderSettings(model_dir=str(finetuned))) if finetuned else None
     reports = []
     for head, name in DEFAULTS:
         if not datasets.is_fetched(name):
             datasets.fetch(name)
         report = evaluate(encoder, [head], name, progress=progress)
+        tuned_head = finetuned / "heads" / head if finetuned else None
+        if tuned is not None and tuned_head is not None and tuned_head.is_dir():
+            add_finetuned(report, tuned, tuned_head, name, progress=progress)
         write_report(report, out_dir / f"eval-{name}.json", out_dir / f"eval-{name}.png")
         reports.append(report)
     return reports
+
+
+def add_finetuned(report: dict[str, Any], encoder: Encoder, head_dir: Path, source: str, *, train_file: str | None = None,
+                  progress: bool = True) -> None:
+    """Add the row `finetuned:<head>`: a head of a fine-tuned encoder on the same test split, after the
+    frozen-encoder heads (it does not change the report's verdicts, which are the defaults')."""
+    other = evaluate(encoder, [str(head_dir)], source, train_file=train_file, baselines=False, progress=progress)
+    row = {**other["models"][f"head:{head_dir.name}"], "kind": "finetuned", "encoder": other["encoder"]}
+    models = report["models"]
+    heads = {k: v for k, v in models.items() if v["kind"] == "head"}
+    report["models"] = {**heads, f"finetuned:{head_dir.name}": row, **{k: v for k, v in models.items() if k not in heads}}
 
 
 def write_provenance(head_dir: Path, report: dict[str, Any] | None = None) -> Path:

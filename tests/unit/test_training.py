@@ -199,3 +199,28 @@ def test_hybrid_ngram_kfold_chooses_c_and_beta(encoder, data, tmp_path):
     assert len(kfold["trials"]) == 2 * 13
     assert loaded.spec.ngram["C"] == kfold["C"] and loaded.spec.ngram["beta"] == kfold["beta"]
     assert "beta_rule" in loaded.spec.ngram and loaded.spec.ngram["ngram_max"] == 1
+
+
+def test_eval_reports_frozen_and_finetuned_side_by_side(encoder, tokenizer, tmp_path):
+    from pipelines.evaluate import add_finetuned, evaluate, format_table
+    from pipelines.train import finetune
+
+    train_csv, test_csv = tmp_path / "train.csv", tmp_path / "test.csv"
+    for path, rows in ((train_csv, synthetic(96, 6)), (test_csv, synthetic(32, 7))):
+        path.write_text("text,label\n" + "".join(f"{t},{lab}\n" for t, lab in rows))
+    train_heads(encoder, resolve_data(str(train_csv)), tmp_path / "heads" / "toy", TrainConfig(hidden=0, max_epochs=4, lr=1e-2),
+                progress=False, use_cache=False)
+    report = evaluate(encoder, [str(tmp_path / "heads" / "toy")], str(test_csv), train_file=str(train_csv), progress=False)
+    torch.manual_seed(0)
+    config = transformers.BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                     intermediate_size=64, max_position_embeddings=128)
+    out = tmp_path / "ft"
+    finetune([Dataset("toy", synthetic(64, 8), [], ["neg", "pos"])], out, model=transformers.BertModel(config), tokenizer=tokenizer,
+             epochs=1, lr=1e-3, batch_size=16, window=32, progress=False)
+    tuned = Encoder(EncoderSettings(model_dir=out, window_tokens=32, stride_tokens=8, max_windows=2, precision="fp32", device="cpu"))
+    add_finetuned(report, tuned, out / "heads" / "toy", str(test_csv), train_file=str(train_csv), progress=False)
+    names = list(report["models"])
+    assert names[:2] == ["head:toy", "finetuned:toy"] and "tfidf+logreg" in names
+    row = report["models"]["finetuned:toy"]
+    assert row["kind"] == "finetuned" and 0.0 <= row["accuracy"] <= 1.0 and row["encoder"]["name"] == "ft"
+    assert "finetuned:toy" in format_table([report])
