@@ -153,6 +153,29 @@ def test_embedded_broker_restart(topic_name: Callable[..., str]) -> None:
     assert not broker.running()
 
 
-def test_embedded_broker_tls_is_refused_clearly() -> None:
-    with pytest.raises(ValueError, match="TLS"):
-        EmbeddedBroker(cert="cert.pem", key="key.pem")
+def test_embedded_broker_tls_front_lives_with_the_broker(tmp_path) -> None:
+    """With TLS: only TLS clients get through; a restart keeps the front (and its port); stop ends both."""
+    import trustme
+
+    from worker.tls_front import TlsFiles
+
+    ca = trustme.CA()
+    server = ca.issue_cert("127.0.0.1")
+    ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
+    server.private_key_pem.write_to_path(str(tmp_path / "key.pem"))
+    server.cert_chain_pems[0].write_to_path(str(tmp_path / "cert.pem"))
+    tls = TlsFiles(tmp_path / "cert.pem", tmp_path / "key.pem", tmp_path / "ca.pem")
+    broker = EmbeddedBroker(tls=tls)
+    with broker:
+        assert broker.front is not None and broker.bootstrap == f"127.0.0.1:{broker.front.port}" != f"127.0.0.1:{broker.port}"
+        front_pid = broker.front.pid
+        for round_ in ("before", "after"):
+            producer = KafkaProducer(**broker.client_kwargs(), acks="all", request_timeout_ms=10000)
+            try:
+                producer.send(f"tls-{uuid.uuid4().hex[:8]}", b"x").get(timeout=15)
+            finally:
+                producer.close(timeout=5)
+            if round_ == "before":
+                broker.restart()
+        assert broker.front.pid == front_pid
+    assert front_pid is not None and _gone(front_pid) and not broker.front.running()
