@@ -69,11 +69,12 @@ def _tls_problem(settings: Settings, timeout_s: float = 5.0) -> str | None:
         return (f"Kafka broker {host}:{port}: TLS certificate not trusted ({exc.verify_message}): "
                 "set BERTSTREAM_KAFKA_SSL_CAFILE to the CA that signed it")
     except ssl.SSLError as exc:
-        if "CERTIFICATE_REQUIRED" in str(exc.reason) or "HANDSHAKE_FAILURE" in str(exc.reason):
+        if "CERTIFICATE_REQUIRED" in str(exc.reason):
             return (f"Kafka broker {host}:{port} wants a client certificate ({exc.reason}): set "
                     "BERTSTREAM_KAFKA_SSL_CERTFILE and BERTSTREAM_KAFKA_SSL_KEYFILE")
         return (f"Kafka broker {host}:{port}: TLS handshake failed ({exc.reason}): check that the listener "
-                "speaks TLS and BERTSTREAM_KAFKA_SECURITY_PROTOCOL")
+                "speaks TLS, BERTSTREAM_KAFKA_SECURITY_PROTOCOL, and a client certificate "
+                "(BERTSTREAM_KAFKA_SSL_CERTFILE/_KEYFILE) if the broker wants one")
     except (OSError, ValueError):
         return None  # not a TLS problem: the caller's "unreachable" line says it
 
