@@ -4,6 +4,7 @@ Everything here is cheap to import (no torch, no transformers); the services sta
 session, only when a test asks for them.
 
 - ``kafka_bootstrap``: ``$BERTSTREAM_TEST_KAFKA`` if set, else an embedded tansu broker.
+- ``tls_files``: a test CA and certificates (trustme) for the TLS tests.
 - ``redis_url``: ``$BERTSTREAM_TEST_REDIS_URL`` if set, else db 15 of a Redis answering on
   127.0.0.1:6379, else an embedded ``redis-server``.
 """
@@ -15,6 +16,7 @@ import sys
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
@@ -23,6 +25,9 @@ import pytest
 _ROOT = str(Path(__file__).resolve().parents[1])
 if _ROOT not in sys.path:
     sys.path.insert(0, _ROOT)
+
+if TYPE_CHECKING:
+    from worker.tls_front import TlsFiles
 
 LOCAL_REDIS_URL = "redis://127.0.0.1:6379/15"
 
@@ -77,3 +82,24 @@ def topic_name() -> Callable[..., str]:
         return f"{prefix}-{uuid.uuid4().hex[:12]}"
 
     return make
+
+
+@pytest.fixture(scope="session")
+def tls_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[TlsFiles, Path]:
+    """A server certificate for 127.0.0.1 signed by a test CA (client.pem/client-key.pem beside it, for
+    mutual TLS), and the PEM of another, unrelated CA."""
+    import trustme
+
+    from worker.tls_front import TlsFiles
+
+    base = tmp_path_factory.mktemp("tls")
+    ca = trustme.CA()
+    server = ca.issue_cert("127.0.0.1", "localhost")
+    ca.cert_pem.write_to_path(str(base / "ca.pem"))
+    server.private_key_pem.write_to_path(str(base / "key.pem"))
+    (base / "cert.pem").write_bytes(b"".join(blob.bytes() for blob in server.cert_chain_pems))
+    trustme.CA().cert_pem.write_to_path(str(base / "other-ca.pem"))
+    client = ca.issue_cert("bertstream-worker")
+    client.private_key_pem.write_to_path(str(base / "client-key.pem"))
+    (base / "client.pem").write_bytes(b"".join(blob.bytes() for blob in client.cert_chain_pems))
+    return TlsFiles(base / "cert.pem", base / "key.pem", base / "ca.pem"), base / "other-ca.pem"

@@ -9,6 +9,8 @@ import random
 import signal
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -16,8 +18,15 @@ from tests.faults.harness import Collector, FaultRun, Figures, WorkerProc, wait_
 from worker.procutil import log_tail
 
 
-def collector_for(run: FaultRun) -> Collector:
-    return Collector(run.bootstrap, [run.topics["out"], run.topics["dead"]], run.topics["dead"], client=run.client)
+@contextmanager
+def observed(run: FaultRun) -> Iterator[Collector]:
+    """A collector of the run's outputs and dead letters; on the way out, closed, and the run's workers stopped."""
+    col = Collector(run.bootstrap, [run.topics["out"], run.topics["dead"]], run.topics["dead"], client=run.client)
+    try:
+        yield col
+    finally:
+        col.close()
+        run.stop_all()
 
 
 class Stream(threading.Thread):
@@ -61,8 +70,7 @@ def crash_restart(run: FaultRun, *, n: int, rate: float, kills: int, distinct: i
     """kill -9 the worker at random moments while a stream runs, `kills` times; restart each time."""
     rnd = random.Random(seed)
     figures = Figures(name)
-    col = collector_for(run)
-    try:
+    with observed(run) as col:
         worker = run.start_worker()
         stream = Stream(run, n, rate, distinct)
         stream.start()
@@ -85,9 +93,6 @@ def crash_restart(run: FaultRun, *, n: int, rate: float, kills: int, distinct: i
         stream.finish()
         figures.add(kills=kills, restart_to_ready_s=restart_s)
         _check_complete(run, col, stream.ids, 300, figures, run.workers)
-    finally:
-        col.close()
-        run.stop_all()
     figures.emit()
     return figures
 
@@ -95,8 +100,7 @@ def crash_restart(run: FaultRun, *, n: int, rate: float, kills: int, distinct: i
 def two_workers_kill_one(run: FaultRun, *, n: int, rate: float, distinct: int, name: str = "two_workers") -> Figures:
     """Two workers in one group; kill -9 one mid-stream: the survivor takes over, nothing lost."""
     figures = Figures(name)
-    col = collector_for(run)
-    try:
+    with observed(run) as col:
         w1 = run.start_worker("w1")
         w2 = run.start_worker("w2")
         # Both hold partitions before the stream starts.
@@ -116,9 +120,6 @@ def two_workers_kill_one(run: FaultRun, *, n: int, rate: float, distinct: int, n
                     in_w2_total=w2.metric("bertstream_events_in_total"))
         assert w2.alive()
         assert in_w1 > 0 and in_w2 > 0, "both workers should have had partitions before the kill"
-    finally:
-        col.close()
-        run.stop_all()
     figures.emit()
     return figures
 
@@ -127,8 +128,7 @@ def graceful_stop(run: FaultRun, *, n: int, rate: float, distinct: int, grace_s:
     """SIGTERM mid-stream: exit 0 within the grace period; a restarted worker repeats nothing
     already output (the in-flight batch was delivered and committed before exit)."""
     figures = Figures(name)
-    col = collector_for(run)
-    try:
+    with observed(run) as col:
         worker = run.start_worker(shutdown_grace_s=str(grace_s))
         stream = Stream(run, n, rate, distinct)
         stream.start()
@@ -150,9 +150,6 @@ def graceful_stop(run: FaultRun, *, n: int, rate: float, distinct: int, grace_s:
         repeated = col.duplicates(delivered_before)
         figures.add(repeated_after_restart=repeated)
         assert repeated == 0, f"{repeated} outputs delivered before the stop came again after the restart"
-    finally:
-        col.close()
-        run.stop_all()
     figures.emit()
     return figures
 
@@ -162,8 +159,7 @@ def redis_outage(run: FaultRun, redis_server: Any, *, n: int, rate: float, disti
     """Stop the worker's Redis mid-stream for `outage_s`: classification goes on without the cache,
     nothing is lost, bertstream_redis_degraded goes 1 then 0, and the log says redis_degraded."""
     figures = Figures(name)
-    col = collector_for(run)
-    try:
+    with observed(run) as col:
         worker = run.start_worker()
         assert worker.metric("bertstream_redis_degraded") == 0
         stream = Stream(run, n, rate, distinct)
@@ -192,9 +188,6 @@ def redis_outage(run: FaultRun, redis_server: Any, *, n: int, rate: float, disti
         if password:
             assert password not in worker.log_text(), "the Redis password appears in the worker log"
         figures.add(redis_degraded_log_lines=len(worker.log_events("redis_degraded")))
-    finally:
-        col.close()
-        run.stop_all()
     figures.emit()
     return figures
 
@@ -204,8 +197,7 @@ def broker_restart(run: FaultRun, broker: Any, *, before: int, after: int, rate:
     """Restart the (memory-only) broker under a running worker, recreate the topics, and new events
     are processed without restarting the worker."""
     figures = Figures(name)
-    col = collector_for(run)
-    try:
+    with observed(run) as col:
         worker = run.start_worker()
         first = run.produce_stream(before, rate, distinct=distinct, tag="pre")
         assert col.wait_for(first, 120) < 120 and not col.missing(first), log_tail(worker.log)
@@ -223,9 +215,6 @@ def broker_restart(run: FaultRun, broker: Any, *, before: int, after: int, rate:
         assert worker.alive(), log_tail(worker.log)
         assert not missing, f"{len(missing)} post-restart events never came out\n{log_tail(worker.log, 30)}"
         assert run.workers == [worker]  # no manual restart
-    finally:
-        col.close()
-        run.stop_all()
     figures.emit()
     return figures
 

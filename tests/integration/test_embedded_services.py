@@ -7,6 +7,7 @@ import os
 import time
 import uuid
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 import redis
@@ -15,6 +16,7 @@ from kafka.admin import NewTopic
 
 from worker.embedded_broker import EmbeddedBroker
 from worker.embedded_redis import EmbeddedRedis
+from worker.tls_front import TlsFiles
 
 pytestmark = pytest.mark.integration
 
@@ -153,18 +155,9 @@ def test_embedded_broker_restart(topic_name: Callable[..., str]) -> None:
     assert not broker.running()
 
 
-def test_embedded_broker_tls_front_lives_with_the_broker(tmp_path) -> None:
+def test_embedded_broker_tls_front_lives_with_the_broker(tls_files: tuple[TlsFiles, Path]) -> None:
     """With TLS: only TLS clients get through; a restart keeps the front (and its port); stop ends both."""
-    import trustme
-
-    from worker.tls_front import TlsFiles
-
-    ca = trustme.CA()
-    server = ca.issue_cert("127.0.0.1")
-    ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
-    server.private_key_pem.write_to_path(str(tmp_path / "key.pem"))
-    server.cert_chain_pems[0].write_to_path(str(tmp_path / "cert.pem"))
-    tls = TlsFiles(tmp_path / "cert.pem", tmp_path / "key.pem", tmp_path / "ca.pem")
+    tls, _ = tls_files
     broker = EmbeddedBroker(tls=tls)
     with broker:
         assert broker.front is not None and broker.bootstrap == f"127.0.0.1:{broker.front.port}" != f"127.0.0.1:{broker.port}"

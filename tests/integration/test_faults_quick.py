@@ -73,9 +73,8 @@ def tmp(tmp_path: Path) -> Path:
 
 def test_delivery_order_bad_input_and_truncation(kafka_bootstrap: str, redis_url: str, tmp: Path) -> None:
     run = FaultRun(kafka_bootstrap, redis_url, tmp, partitions=3, env={"BERTSTREAM_MAX_WINDOWS": "1"})
-    col = scenarios.collector_for(run)
     figures = Figures("delivery_and_bad_input")
-    try:
+    with scenarios.observed(run) as col:
         worker = run.start_worker()
         _assert_loopback_only(worker.port)
         # Good events, keyed (12 keys over 3 partitions), bad events in between, in one stream.
@@ -144,9 +143,6 @@ def test_delivery_order_bad_input_and_truncation(kafka_bootstrap: str, redis_url
                     keys_order_checked=checked, drain_s=round(waited, 1),
                     dead_letter_metric=worker.metric("bertstream_dead_letters_total"))
         assert len({n for _, _, n, _ in bad}) >= 20
-    finally:
-        col.close()
-        run.stop_all()
     figures.emit()
 
 
@@ -316,24 +312,6 @@ def test_kafka_sasl_and_tls_settings_pass_through(tmp: Path) -> None:
 
 # -- 7: TLS for real: Kafka through the embedded broker's TLS front, Redis on --tls-port -------------
 
-@pytest.fixture(scope="module")
-def tls_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[TlsFiles, Path]:
-    """A server certificate for 127.0.0.1 signed by a test CA, and the PEM of another, unrelated CA."""
-    import trustme
-
-    base = tmp_path_factory.mktemp("tls")
-    ca = trustme.CA()
-    server = ca.issue_cert("127.0.0.1", "localhost")
-    ca.cert_pem.write_to_path(str(base / "ca.pem"))
-    server.private_key_pem.write_to_path(str(base / "key.pem"))
-    (base / "cert.pem").write_bytes(b"".join(blob.bytes() for blob in server.cert_chain_pems))
-    trustme.CA().cert_pem.write_to_path(str(base / "other-ca.pem"))
-    client = ca.issue_cert("bertstream-worker")  # for mutual TLS
-    client.private_key_pem.write_to_path(str(base / "client-key.pem"))
-    (base / "client.pem").write_bytes(b"".join(blob.bytes() for blob in client.cert_chain_pems))
-    return TlsFiles(base / "cert.pem", base / "key.pem", base / "ca.pem"), base / "other-ca.pem"
-
-
 def test_worker_over_tls_to_kafka_and_redis(tls_files: tuple[TlsFiles, Path], tmp: Path) -> None:
     """The worker reads, caches and publishes over TLS only; plaintext clients get nothing."""
     import redis
@@ -349,8 +327,7 @@ def test_worker_over_tls_to_kafka_and_redis(tls_files: tuple[TlsFiles, Path], tm
         assert server.url.startswith("rediss://")
         run = FaultRun(broker.bootstrap, server.url, tmp, kafka={"kafka_security_protocol": "SSL",
                                                                  "kafka_ssl_cafile": str(tls.ca)})
-        col = scenarios.collector_for(run)
-        try:
+        with scenarios.observed(run) as col:
             worker = run.start_worker()
             first = [run.event(i, distinct=20) for i in range(20)]
             run.produce([v for _, v in first] + [b'{"text": "unterminated'])
@@ -369,9 +346,6 @@ def test_worker_over_tls_to_kafka_and_redis(tls_files: tuple[TlsFiles, Path], tm
             with pytest.raises(KafkaError):
                 KafkaAdminClient(bootstrap_servers=broker.bootstrap, request_timeout_ms=2000,
                                  bootstrap_timeout_ms=2000).list_topics()
-        finally:
-            col.close()
-            run.stop_all()
 
 
 def test_tls_startup_errors_are_one_clear_line(tls_files: tuple[TlsFiles, Path], tmp: Path) -> None:
@@ -435,13 +409,9 @@ def test_worker_with_mutual_tls(tls_files: tuple[TlsFiles, Path], redis_url: str
         no_cert = {k: v for k, v in run.env(free_port()).items() if k not in ("BERTSTREAM_KAFKA_SSL_CERTFILE", "BERTSTREAM_KAFKA_SSL_KEYFILE")}
         _assert_one_clear_line(_run_worker(no_cert, "--pipeline", run.pipeline),
                                "client certificate", "BERTSTREAM_KAFKA_SSL_CERTFILE")
-        col = scenarios.collector_for(run)
-        try:
+        with scenarios.observed(run) as col:
             worker = run.start_worker()
             events = [run.event(i, distinct=10) for i in range(10)]
             run.produce([v for _, v in events])
             col.wait_for([e for e, _ in events], 120)
             assert not col.missing([e for e, _ in events]), log_tail(worker.log)
-        finally:
-            col.close()
-            run.stop_all()

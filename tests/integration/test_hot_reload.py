@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from pipelines.registry import resolve_head_dir
-from tests.faults.harness import Collector, FaultRun, wait_until
+from tests.faults import scenarios
+from tests.faults.harness import FaultRun, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -38,8 +39,7 @@ def test_reload_on_file_change_and_sighup_with_events_in_flight(kafka_bootstrap:
         heads.append(str(tmp_path / name))
     run = FaultRun(kafka_bootstrap, redis_url, tmp_path, heads=heads, prefix="reload",
                    env={"BERTSTREAM_RELOAD_CHECK_S": "1", "BERTSTREAM_LAG_INTERVAL_S": "1"})
-    collector = Collector(kafka_bootstrap, [run.topics["out"], run.topics["dead"]], run.topics["dead"])
-    try:
+    with scenarios.observed(run) as collector:
         worker = run.start_worker()
         assert _get(worker.port, "/healthz")[0] == 200
         status, body = _get(worker.port, "/readyz")
@@ -76,6 +76,3 @@ def test_reload_on_file_change_and_sighup_with_events_in_flight(kafka_bootstrap:
         assert f'pipeline="{run.pipeline}"' in metrics
         assert "bertstream_model_info{" in metrics
         assert worker.alive()
-    finally:
-        collector.close()
-        run.stop_all()
