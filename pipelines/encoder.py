@@ -7,6 +7,7 @@ mean-pooled over tokens, and the windows of one text are averaged weighted by th
 from __future__ import annotations
 
 import logging
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
@@ -14,7 +15,7 @@ from typing import Iterator
 import torch
 from transformers import AutoModel, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
-from pipelines.numerics import autocast_context, resolve_device, resolve_precision, prepare_model
+from pipelines.numerics import autocast_context, intra_op_threads, prepare_model, resolve_device, resolve_instances, resolve_precision
 from pipelines.registry import ModelNotFoundError, default_model_dir, file_digest
 
 log = logging.getLogger(__name__)
@@ -30,7 +31,8 @@ class EncoderSettings:
     max_windows: int = 8  # the cap: tokens past it are not read
     token_budget: int = 16384  # padded tokens per forward pass
     max_batch: int = 256  # windows per forward pass
-    threads: int = 0  # torch intra-op threads on CPU; 0 keeps torch's default
+    threads: int = 0  # torch intra-op threads on CPU; 0: torch's default, or cores / instances
+    instances: int = 1  # batches run at once by the caller, one thread each; 0: one per core (1 on CUDA)
 
 
 @dataclass
@@ -67,9 +69,12 @@ class Encoder:
         else:
             self.name = getattr(model.config, "_name_or_path", "") or "in-memory"
             self.version = "in-memory"
-        if settings.threads > 0:
-            torch.set_num_threads(settings.threads)
         self.device = resolve_device(settings.device)
+        self.instances = resolve_instances(settings.instances, self.device)
+        threads = intra_op_threads(settings.threads, self.instances, self.device)
+        if threads > 0:
+            torch.set_num_threads(threads)
+        self._tokenizer_lock = threading.Lock()  # the fast tokenizer is not safe from two threads at once
         self.precision = resolve_precision(settings.precision, self.device)
         self.model = prepare_model(model, self.device, self.precision)
         self.tokenizer = tokenizer
@@ -105,16 +110,17 @@ class Encoder:
         caller can tokenize the next batch on another thread while the model runs this one."""
         s = self.settings
         clipped = [t[: self.max_chars] for t in texts]
-        enc = self.tokenizer(
-            clipped,
-            truncation=True,
-            max_length=s.window_tokens,
-            stride=s.stride_tokens,
-            return_overflowing_tokens=True,
-            padding=False,
-            return_attention_mask=False,
-            return_token_type_ids=False,
-        )
+        with self._tokenizer_lock:
+            enc = self.tokenizer(
+                clipped,
+                truncation=True,
+                max_length=s.window_tokens,
+                stride=s.stride_tokens,
+                return_overflowing_tokens=True,
+                padding=False,
+                return_attention_mask=False,
+                return_token_type_ids=False,
+            )
         input_ids: list[list[int]] = []
         owner: list[int] = []
         per_text = [0] * len(texts)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 from pathlib import Path
 from typing import ContextManager
 
@@ -18,6 +19,34 @@ def resolve_device(requested: str) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise RuntimeError(f"device {requested!r} requested but CUDA is not available: use --device cpu or auto")
     return device
+
+
+def cpu_cores() -> int:
+    """Cores this process may run on (a container's CPU set, not the host's count)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def resolve_instances(requested: int, device: torch.device) -> int:
+    """Model instances: batches that run through the model at once, each on its own thread.
+
+    0 (auto): one per CPU core on the CPU, one on CUDA. On the CPU, short-text batches scale badly
+    across intra-op threads (all-MiniLM-L6, batch 64: 1 thread 489/s, 2 threads 626/s) but well
+    across instances (2 instances x 1 thread 934/s), and a single 2-thread batch slows down most
+    when the event loop or the broker takes a slice of a core (411/s vs 617/s for 2 x 1).
+    """
+    if requested > 0:
+        return requested
+    return 1 if device.type == "cuda" else cpu_cores()
+
+
+def intra_op_threads(requested: int, instances: int, device: torch.device) -> int:
+    """torch intra-op threads per instance; 0 leaves torch's default (one per core)."""
+    if requested > 0 or device.type != "cpu" or instances <= 1:
+        return requested
+    return max(1, cpu_cores() // instances)
 
 
 def cpu_has_fast_bf16() -> bool:

@@ -27,7 +27,6 @@ from worker.reload import ModelReloader
 log = structlog.get_logger(__name__)
 
 SEND_RETRY_S = 1.0
-MAX_IN_FLIGHT = 2  # one batch delivering while the next one is classified
 PRODUCER_MAX_REQUEST_BYTES = 1_048_576  # over processor.MAX_MESSAGE_BYTES; Kafka's default message.max.bytes
 PRODUCER_REQUEST_TIMEOUT_S = 30.0  # a delivery that hangs this long fails and the batch is sent again
 EXIT_SHUTDOWN_TIMEOUT = 3  # exit code when batches in flight could not be delivered within the grace period
@@ -107,8 +106,11 @@ class WorkerApp:
         self._processed: dict[tuple[str, int], int] = {}  # next offset after the last acked, per input partition
         self._lag_labels: set[tuple[str, str, str]] = set()
         self._joined = False
-        # One thread owns the model: torch releases the GIL, the event loop stays free.
-        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model")
+        # One thread per model instance: torch releases the GIL, the event loop stays free.
+        instances = classifier.encoder.instances
+        self.executor = ThreadPoolExecutor(max_workers=instances, thread_name_prefix="model")
+        # Batches in flight per pipeline: one in the model per instance, one delivering.
+        self.max_in_flight = instances + 1
         self.tokenizer_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tokenizer")
         client = aioredis.from_url(
             settings.redis_url.get_secret_value(), socket_timeout=2, socket_connect_timeout=2, health_check_interval=10
@@ -211,10 +213,10 @@ class WorkerApp:
                     delivered = asyncio.Event()
                     in_flight.append(asyncio.ensure_future(self._handle(stream, processor, events, previous, delivered)))
                     previous = delivered
-                    # Backpressure: while MAX_IN_FLIGHT batches are in flight, take no more (Faust's
+                    # Backpressure: while max_in_flight batches are in flight, take no more (Faust's
                     # buffer fills and the consumer pauses). A stop never cancels a batch: the task
                     # leaves the deque only once done, so `finally` still waits for it.
-                    while in_flight and (in_flight[0].done() or len(in_flight) >= MAX_IN_FLIGHT):
+                    while in_flight and (in_flight[0].done() or len(in_flight) >= self.max_in_flight):
                         await asyncio.shield(in_flight[0])
                         in_flight.popleft()
             finally:

@@ -25,7 +25,11 @@ def base_sized_classifier(precision: str, heads: list[str], device: str) -> Any:
     config = BertConfig(vocab_size=len(tokenizer), hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
                         intermediate_size=3072, max_position_embeddings=512)
     model = BertModel(config, add_pooling_layer=False).eval()
-    encoder = Encoder(EncoderSettings(device=device, precision=precision), model=model, tokenizer=tokenizer)
+    from worker.config import load_settings
+
+    # The worker's engine plan (model instances and threads), as for B.
+    encoder = Encoder(EncoderSettings(device=device, precision=precision, instances=load_settings().model_instances),
+                      model=model, tokenizer=tokenizer)
     built: dict[str, Head] = {}
     for ref in heads:
         spec = load_head(resolve_head_dir(ref))[0].spec

@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import gc
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Callable
 from typing import Any
 
@@ -20,24 +22,36 @@ def load_classifier(precision: str, heads: list[str]) -> Any:
 def throughput(classifier: Any, texts: list[str], tasks: list[str], batch: int, min_seconds: float,
                min_texts: int = 0) -> dict[str, Any]:
     """Texts/s of predict() in chunks of `batch`, over whole passes of `texts` (cycled) until both
-    `min_seconds` have passed and `min_texts` were classified. One chunk of warm-up first."""
+    `min_seconds` have passed and `min_texts` were classified. One chunk of warm-up first.
+
+    As in the worker, the encoder's `instances` chunks run at once, one thread each."""
+    instances = max(1, getattr(classifier.encoder, "instances", 1))
     classifier.predict(texts[:batch], tasks)
-    done = 0
-    calls = 0
+    lock = threading.Lock()
+    state = {"next": 0, "done": 0, "calls": 0}
     started = time.perf_counter()
-    i = 0
-    while True:
-        chunk = texts[i:i + batch]
-        if len(chunk) < batch:  # wrap around: always full chunks
-            chunk = chunk + texts[: batch - len(chunk)]
-        classifier.predict(chunk, tasks)
-        done += len(chunk)
-        calls += 1
-        i = (i + batch) % len(texts)
-        elapsed = time.perf_counter() - started
-        if elapsed >= min_seconds and done >= min_texts:
-            break
-    return {"batch": batch, "texts": done, "calls": calls, "seconds": round(elapsed, 4),
+
+    def loop() -> None:
+        while True:
+            with lock:
+                if time.perf_counter() - started >= min_seconds and state["done"] >= min_texts:
+                    return
+                i = state["next"]
+                state["next"] = (i + batch) % len(texts)
+                state["done"] += batch  # claimed now, so that the other threads stop in time
+            chunk = texts[i:i + batch]
+            if len(chunk) < batch:  # wrap around: always full chunks
+                chunk = chunk + texts[: batch - len(chunk)]
+            classifier.predict(chunk, tasks)
+            with lock:
+                state["calls"] += 1
+
+    with ThreadPoolExecutor(max_workers=instances, thread_name_prefix="bench-model") as pool:
+        for future in [pool.submit(loop) for _ in range(instances)]:
+            future.result()
+    elapsed = time.perf_counter() - started
+    done = state["done"]
+    return {"batch": batch, "texts": done, "calls": state["calls"], "instances": instances, "seconds": round(elapsed, 4),
             "events_per_s": round(done / elapsed, 2)}
 
 
@@ -85,7 +99,7 @@ def run_model_suite(heads: list[str], tasks: list[str], short: list[str], long: 
         classifiers[classifier.encoder.precision] = classifier
     default = classifiers[order[0]] if order[0] in classifiers else next(iter(classifiers.values()))
     info = {"device": str(default.encoder.device), "precision": default.encoder.precision, "model": default.encoder.name,
-            "model_version": default.version(tasks)}
+            "model_version": default.version(tasks), "model_instances": default.encoder.instances}
     from worker.bench_data import mean_tokens
 
     results["tokens"] = {"short_mean": round(mean_tokens(default.encoder.tokenizer, short), 1),

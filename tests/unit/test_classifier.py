@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -192,6 +193,17 @@ def test_alone_or_in_a_batch_gives_the_same_probabilities(classifier: Classifier
         assert alone.truncated == in_batch.truncated
         for task in LABELS:
             assert _probs(alone, task) == pytest.approx(_probs(in_batch, task), abs=1e-4)
+
+
+def test_model_instances_on_threads_give_the_same_results(classifier: Classifier) -> None:
+    """Several batches through one encoder at once (the worker's model instances, one thread
+    each, sharing the tokenizer) give exactly what the same batches give one after another."""
+    texts = [f"{text} #{i}" for i in range(30) for text in TEXTS]
+    chunks = [texts[i:i + 7] for i in range(0, len(texts), 7)]
+    one_by_one = [[p.results for p in classifier.predict(chunk)] for chunk in chunks]
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        at_once = [[p.results for p in preds] for preds in pool.map(classifier.predict, chunks)]
+    assert at_once == one_by_one
 
 
 def test_truncated_flag_reaches_predictions(classifier: Classifier) -> None:
