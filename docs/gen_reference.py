@@ -40,8 +40,6 @@ DESCRIPTIONS = {
     "pipelines_file": "TOML file with the `[pipelines.<name>]` tables.",
     "device": "`auto` (CUDA when available, else CPU), `cpu`, `cuda`, `cuda:N`.",
     "precision": "`auto`, `fp32`, `bf16`, `fp16` or `int8` (see the README).",
-    "threads": "torch CPU threads per model instance; 0: the cores divided among the instances.",
-    "model_instances": "Batches in the model at once, each on its own thread (Triton's instance count); 0: one per CPU core, 1 on CUDA.",
     "max_event_bytes": "Larger input records are dead-lettered as `too_large`.",
     "batch_size": "Largest micro-batch read from a topic.",
     "batch_window_s": "Longest wait to fill a micro-batch.",

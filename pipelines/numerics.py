@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 from pathlib import Path
 from typing import ContextManager
@@ -21,12 +22,30 @@ def resolve_device(requested: str) -> torch.device:
     return device
 
 
-def cpu_cores() -> int:
-    """Cores this process may run on (a container's CPU set, not the host's count)."""
+def cpu_cores(cgroup: Path = Path("/sys/fs/cgroup")) -> int:
+    """Cores this process may use: its CPU set, capped by a cgroup CPU quota (a container's CPU
+    limit, e.g. a Kubernetes `limits.cpu`), which the CPU set alone does not show."""
     try:
-        return len(os.sched_getaffinity(0))
+        cores = len(os.sched_getaffinity(0))
     except (AttributeError, OSError):
-        return os.cpu_count() or 1
+        cores = os.cpu_count() or 1
+    quota = _cgroup_quota(cgroup)
+    return max(1, min(cores, math.ceil(quota))) if quota else cores
+
+
+def _cgroup_quota(cgroup: Path) -> float | None:
+    """CPUs allowed by the cgroup quota (v2 `cpu.max`, else v1 `cfs_quota_us`); None when unlimited."""
+    try:
+        quota, period = (cgroup / "cpu.max").read_text().split()[:2]
+        return None if quota == "max" else int(quota) / int(period)
+    except (OSError, ValueError):
+        pass
+    try:
+        quota_us = int((cgroup / "cpu" / "cpu.cfs_quota_us").read_text())
+        period_us = int((cgroup / "cpu" / "cpu.cfs_period_us").read_text())
+        return quota_us / period_us if quota_us > 0 and period_us > 0 else None
+    except (OSError, ValueError):
+        return None
 
 
 def resolve_instances(requested: int, device: torch.device) -> int:

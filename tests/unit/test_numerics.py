@@ -1,6 +1,8 @@
 """The engine plan: how many model instances run at once and how many torch threads each gets."""
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
@@ -31,7 +33,20 @@ def test_threads_per_instance(monkeypatch, cores, requested, instances, device, 
     assert intra_op_threads(requested, instances, device) == expected
 
 
-def test_cpu_cores_counts_this_process_cores() -> None:
-    import os
+def test_cpu_cores_counts_this_process_cores(tmp_path) -> None:
+    assert 1 <= numerics.cpu_cores(tmp_path) <= (os.cpu_count() or 1)  # no cgroup files: the CPU set
 
-    assert 1 <= numerics.cpu_cores() <= (os.cpu_count() or 1)
+
+@pytest.mark.parametrize(("files", "limit"), [
+    ({"cpu.max": "max 100000\n"}, None),  # cgroup v2, unlimited
+    ({"cpu.max": "150000 100000\n"}, 2),  # 1.5 CPUs: rounded up
+    ({"cpu.max": "100000 100000\n"}, 1),
+    ({"cpu/cpu.cfs_quota_us": "100000\n", "cpu/cpu.cfs_period_us": "100000\n"}, 1),  # cgroup v1
+    ({"cpu/cpu.cfs_quota_us": "-1\n", "cpu/cpu.cfs_period_us": "100000\n"}, None),  # v1, unlimited
+])
+def test_cpu_cores_respects_a_container_cpu_limit(tmp_path, files, limit) -> None:
+    for name, text in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    unlimited = numerics.cpu_cores(tmp_path / "none")
+    assert numerics.cpu_cores(tmp_path) == (unlimited if limit is None else min(limit, unlimited))
