@@ -201,7 +201,7 @@ class WorkerApp:
 
     def _add_agent(self, pipeline: Pipeline) -> None:
         processor = BatchProcessor(pipeline, self.classifier, self.cache, self.executor, self.settings.max_event_bytes,
-                                   tokenizer_executor=self.tokenizer_executor)
+                                   tokenizer_executor=self.tokenizer_executor, instances=self.classifier.encoder.instances)
         self.processors.append(processor)
         settings = self.settings
 

@@ -6,6 +6,7 @@ in input order, so that the caller can keep per-key order when it produces them.
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from concurrent.futures import Executor
 from dataclasses import dataclass
@@ -25,6 +26,7 @@ log = structlog.get_logger(__name__)
 # would fail delivery on every retry and stall its partition, so it becomes a dead letter.
 MAX_MESSAGE_BYTES = 1_000_000
 MAX_KEY_BYTES = 65_536  # a dead letter drops a bigger record key (the source offset identifies it)
+MIN_SPLIT_TEXTS = 8  # a batch is split across idle model instances into parts of at least this many texts
 
 # Dead-letter codes the processor adds to the codec's DecodeError codes.
 DUPLICATE_ID = "duplicate_id"  # an explicit id already claimed by another source record
@@ -67,8 +69,11 @@ class BatchProcessor:
         executor: Executor,
         max_event_bytes: int = 1_000_000,
         tokenizer_executor: Executor | None = None,
+        instances: int = 1,
     ) -> None:
         self.pipeline = pipeline
+        self.instances = instances  # model instances behind `executor`
+        self._running = 0  # this pipeline's batches (or parts) in the model now
         self.cache = cache
         self.executor = executor
         self.tokenizer_executor = tokenizer_executor or executor
@@ -199,6 +204,18 @@ class BatchProcessor:
         return found
 
     async def _predict(self, texts: list[str], classifier: Classifier) -> list[Prediction | None]:
+        """A batch that finds model instances idle is split across them, so that a light load gets
+        the latency of small batches; under load every instance is busy and each batch takes one
+        (the throughput of big batches)."""
+        parts = min(self.instances - self._running, len(texts) // MIN_SPLIT_TEXTS)
+        if parts <= 1:
+            return await self._predict_on_one(texts, classifier)
+        size = math.ceil(len(texts) / parts)
+        chunks = [texts[i:i + size] for i in range(0, len(texts), size)]
+        results = await asyncio.gather(*(self._predict_on_one(chunk, classifier) for chunk in chunks))
+        return [prediction for result in results for prediction in result]
+
+    async def _predict_on_one(self, texts: list[str], classifier: Classifier) -> list[Prediction | None]:
         """The model never runs on the event loop: heartbeats and commits keep flowing.
 
         If a batch fails, each text is tried alone, so one poisonous event cannot stall the
@@ -206,16 +223,19 @@ class BatchProcessor:
         """
         loop = asyncio.get_running_loop()
         tasks = self.pipeline.tasks
+        self._running += 1
         try:
             # Tokenize on its own thread (overlapping the model's work on the batch before), then
-            # run the model on the model thread.
+            # run the model on a model instance's thread.
             prepared = await loop.run_in_executor(self.tokenizer_executor, classifier.prepare, texts)
             return list(await loop.run_in_executor(self.executor, classifier.run, prepared, tasks))
         except Exception as exc:  # noqa: BLE001
             log.error("model_failed", pipeline=self.pipeline.name, texts=len(texts), error=f"{type(exc).__name__}: {exc}")
             if len(texts) == 1:
                 return [None]
+        finally:
+            self._running -= 1
         out: list[Prediction | None] = []
         for text in texts:
-            out += await self._predict([text], classifier)
+            out += await self._predict_on_one([text], classifier)
         return out

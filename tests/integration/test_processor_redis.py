@@ -303,3 +303,76 @@ def test_cache_disabled_with_zero_ttl(classifier, pipeline, executor) -> None:
 
     asyncio.run(scenario())
     assert len(classifier.calls) == 2
+
+
+class GatedClassifier(CountingClassifier):
+    """Holds every model pass until `gate` is set; counts tokenizer calls (one per batch part)."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.gate = threading.Event()
+        self.prepared: list[int] = []
+
+    def prepare(self, texts):
+        self.prepared.append(len(texts))
+        return super().prepare(texts)
+
+    def run(self, prepared, tasks=None):
+        assert self.gate.wait(10), "the test never opened the gate"
+        return super().run(prepared, tasks)
+
+
+async def until(condition, failure: str, timeout_s: float = 10.0) -> None:
+    async def poll() -> None:
+        while not condition():
+            await asyncio.sleep(0.01)
+
+    try:
+        await asyncio.wait_for(poll(), timeout_s)
+    except asyncio.TimeoutError:
+        pytest.fail(failure)
+
+
+def test_idle_model_instances_share_a_batch_busy_ones_do_not(redis_url, encoder, pipeline, cleanup) -> None:
+    """Two model instances: a batch that finds both idle is split in two parts that run at once;
+    a batch that arrives while they are busy goes whole. Outputs stay in input order, and the
+    labels are those of the same texts classified in one piece."""
+    heads = {name: Head(HeadSpec(name=name, labels=labels, input_dim=encoder.hidden_size, hidden=16)).eval()
+             for name, labels in LABELS.items()}
+    gated = GatedClassifier(encoder, heads, {name: uuid.uuid4().hex for name in heads})
+    first = [f"{TEXTS[i % 4]} (first batch, {i})" for i in range(20)]
+    second = [f"{TEXTS[i % 4]} (second batch, {i})" for i in range(20)]
+    pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="model")
+    tokenizer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tokenizer")
+
+    async def scenario() -> tuple[list[Outgoing], list[Outgoing]]:
+        client = aioredis.from_url(redis_url)
+        try:
+            processor = BatchProcessor(pipeline, gated, ResultCache(client, TTL_S), pool, tokenizer_executor=tokenizer,
+                                       instances=2)
+            one = asyncio.ensure_future(processor.process(records(pipeline, events(first))))
+            await until(lambda: len(gated.prepared) >= 2, "the first batch was not split in two parts")
+            two = asyncio.ensure_future(processor.process(records(pipeline, events(second), first_offset=100)))
+            # The second batch has chosen its parts while both instances were busy.
+            await until(lambda: len(gated.prepared) >= 3, "the second batch never reached the model")
+            gated.gate.set()
+            return await one, await two
+        finally:
+            await client.aclose()
+
+    try:
+        out_one, out_two = asyncio.run(scenario())
+    finally:
+        gated.gate.set()
+        pool.shutdown(wait=True)
+        tokenizer.shutdown(wait=True)
+    assert gated.prepared == [10, 10, 20]
+    assert sorted(map(len, gated.calls)) == [10, 10, 20]
+    assert sorted(gated.calls[0] + gated.calls[1]) == sorted(first)
+    docs = outputs(out_one) + outputs(out_two)
+    assert [d["source"]["offset"] for d in docs] == list(range(20)) + list(range(100, 120))
+    whole = Classifier(encoder, heads).predict(first + second)
+    for doc, expected in zip(docs, whole):
+        for task in LABELS:
+            assert doc["results"][task]["label"] == expected.results[task]["label"]
+            assert doc["results"][task]["score"] == pytest.approx(expected.results[task]["score"], abs=1e-4)
