@@ -42,7 +42,7 @@ DESCRIPTIONS = {
     "precision": "`auto`, `fp32`, `bf16`, `fp16` or `int8` (see the README).",
     "max_event_bytes": "Larger input records are dead-lettered as `too_large`.",
     "batch_size": "Largest micro-batch read from a topic.",
-    "batch_window_s": "Longest wait to fill a micro-batch.",
+    "batch_window_s": "Longest wait to fill a micro-batch once a model instance is free (while all are busy, the next batch grows).",
     "log_level": "DEBUG, INFO, WARNING, ERROR.",
     "log_format": "`json` (one object a line), `console`, or `auto` (console on a terminal, else JSON).",
 }

@@ -107,10 +107,10 @@ class WorkerApp:
         self._lag_labels: set[tuple[str, str, str]] = set()
         self._joined = False
         # One thread per model instance: torch releases the GIL, the event loop stays free.
-        instances = classifier.encoder.instances
-        self.executor = ThreadPoolExecutor(max_workers=instances, thread_name_prefix="model")
+        self.instances = classifier.encoder.instances
+        self.executor = ThreadPoolExecutor(max_workers=self.instances, thread_name_prefix="model")
         # Batches in flight per pipeline: one in the model per instance, one delivering.
-        self.max_in_flight = instances + 1
+        self.max_in_flight = self.instances + 1
         self.tokenizer_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tokenizer")
         client = aioredis.from_url(
             settings.redis_url.get_secret_value(), socket_timeout=2, socket_connect_timeout=2, health_check_interval=10
@@ -201,21 +201,27 @@ class WorkerApp:
 
     def _add_agent(self, pipeline: Pipeline) -> None:
         processor = BatchProcessor(pipeline, self.classifier, self.cache, self.executor, self.settings.max_event_bytes,
-                                   tokenizer_executor=self.tokenizer_executor, instances=self.classifier.encoder.instances)
+                                   tokenizer_executor=self.tokenizer_executor, instances=self.instances)
         self.processors.append(processor)
         settings = self.settings
 
         async def agent(stream: faust.StreamT) -> None:
             in_flight: deque[asyncio.Task[None]] = deque()
             previous: asyncio.Event | None = None
+            model_free = asyncio.Semaphore(self.instances)
             try:
+                await model_free.acquire()
                 async for events in stream.noack_take(settings.batch_size, within=settings.batch_window_s):
                     delivered = asyncio.Event()
-                    in_flight.append(asyncio.ensure_future(self._handle(stream, processor, events, previous, delivered)))
+                    in_flight.append(asyncio.ensure_future(
+                        self._handle(stream, processor, events, previous, delivered, model_free.release)))
                     previous = delivered
-                    # Backpressure: while max_in_flight batches are in flight, take no more (Faust's
-                    # buffer fills and the consumer pauses). A stop never cancels a batch: the task
+                    # The next batch is taken only once a model instance is free, so it grows while
+                    # they are busy (big batches under load, small ones when idle), and while
+                    # max_in_flight batches are undelivered. Meanwhile Faust's buffer fills and the
+                    # consumer pauses (backpressure). A stop never cancels a batch: the task
                     # leaves the deque only once done, so `finally` still waits for it.
+                    await model_free.acquire()
                     while in_flight and (in_flight[0].done() or len(in_flight) >= self.max_in_flight):
                         await asyncio.shield(in_flight[0])
                         in_flight.popleft()
@@ -234,9 +240,11 @@ class WorkerApp:
         events: list[faust.EventT],
         previous: asyncio.Event | None,
         delivered: asyncio.Event,
+        classified: Callable[[], None],
     ) -> None:
-        """One batch: classify (while the previous batch delivers), deliver once the previous batch
-        is delivered (per-key order, retries included), then ack."""
+        """One batch: classify (while the previous batch delivers; `classified` frees its model
+        instance), deliver once the previous batch is delivered (per-key order, retries
+        included), then ack."""
         name = processor.pipeline.name
         started = time.perf_counter()
         records = [
@@ -249,7 +257,10 @@ class WorkerApp:
             for e in events
         ]
         try:
-            outgoing = await processor.process(records)
+            try:
+                outgoing = await processor.process(records)
+            finally:
+                classified()
             if previous is not None:
                 await previous.wait()
             futures = await self._enqueue(outgoing)

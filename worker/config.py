@@ -80,7 +80,7 @@ class Settings(BaseSettings):
     max_event_bytes: int = Field(1_000_000, ge=1024)
 
     batch_size: int = Field(64, ge=1)
-    batch_window_s: float = Field(0.05, gt=0)
+    batch_window_s: float = Field(0.01, gt=0)
     reload_check_s: float = Field(10.0, ge=0)  # how often to look for changed model/head files; 0: SIGHUP only
     lag_interval_s: float = Field(5.0, gt=0)  # how often bertstream_consumer_lag is refreshed
     shutdown_grace_s: float = Field(30.0, gt=0)  # on SIGTERM, time for batches in flight to deliver

@@ -36,3 +36,12 @@ def test_use_swaps_the_model_of_every_pipeline(classifier: Classifier, pipelines
     assert app.classifier is new
     assert all(p.loaded.classifier is new for p in app.processors)
     assert [p.model_version for p in app.processors] != before
+
+
+def test_model_instances_size_the_model_pool_and_the_batches_in_flight(pipelines: list[Pipeline], bert, tokenizer) -> None:  # noqa: F811
+    heads = {"sentiment": make_head("sentiment", 1), "spam": make_head("spam", 2, hidden=0), "topic": make_head("topic", 3)}
+    classifier = Classifier(make_encoder(bert, tokenizer, instances=3), heads)
+    app = WorkerApp(load_settings(web_port=0, cache_ttl_s=0), pipelines, classifier)
+    assert app.executor._max_workers == 3  # one thread per instance
+    assert app.max_in_flight == 4  # one batch in each instance, one delivering
+    assert all(p.instances == 3 and p.executor is app.executor for p in app.processors)
