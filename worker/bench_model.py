@@ -20,12 +20,12 @@ def load_classifier(precision: str, heads: list[str]) -> Any:
 
 
 def throughput(classifier: Any, texts: list[str], tasks: list[str], batch: int, min_seconds: float,
-               min_texts: int = 0) -> dict[str, Any]:
+               min_texts: int = 0, instances: int | None = None) -> dict[str, Any]:
     """Texts/s of predict() in chunks of `batch`, over whole passes of `texts` (cycled) until both
     `min_seconds` have passed and `min_texts` were classified. One chunk of warm-up first.
 
-    As in the worker, the encoder's `instances` chunks run at once, one thread each."""
-    instances = max(1, getattr(classifier.encoder, "instances", 1))
+    As in the worker, `instances` (default: the encoder's) chunks run at once, one thread each."""
+    instances = max(1, instances or getattr(classifier.encoder, "instances", 1))
     classifier.predict(texts[:batch], tasks)
     lock = threading.Lock()
     state = {"next": 0, "done": 0, "calls": 0}
@@ -53,6 +53,24 @@ def throughput(classifier: Any, texts: list[str], tasks: list[str], batch: int, 
     done = state["done"]
     return {"batch": batch, "texts": done, "calls": state["calls"], "instances": instances, "seconds": round(elapsed, 4),
             "events_per_s": round(done / elapsed, 2)}
+
+
+def _one_instance_all_threads(classifier: Any, texts: list[str], tasks: list[str], batch: int, segment: float,
+                              rounds: int, log: Callable[[str], None]) -> dict[str, Any]:
+    """B with the plan the default replaced: one batch at a time across every core's torch thread."""
+    import torch
+
+    from pipelines.numerics import cpu_cores
+
+    threads, cores = torch.get_num_threads(), cpu_cores()
+    log(f"model only: the other plan, 1 instance x {cores} threads")
+    torch.set_num_threads(cores)
+    try:
+        fig = _median([throughput(classifier, texts, tasks, batch, segment, min_texts=2 * batch, instances=1)
+                       for _ in range(rounds)])
+    finally:
+        torch.set_num_threads(threads)
+    return {**fig, "threads": cores}
 
 
 def label_agreement(a: list[Any], b: list[Any], tasks: list[str]) -> dict[str, float]:
@@ -121,6 +139,8 @@ def run_model_suite(heads: list[str], tasks: list[str], short: list[str], long: 
         log(f"model only: batch sweep, batch {size}")
         results["batch_sweep"].append(_median([throughput(default, short, tasks, size, segment, min_texts=2 * size)
                                                for _ in range(rounds)]))
+    if default.encoder.device.type == "cpu" and default.encoder.instances > 1:
+        results["other_plan"] = _one_instance_all_threads(default, short, tasks, batch, segment, rounds, log)
     log("model only: long texts")
     long_fig = throughput(default, long, tasks, batch, min_seconds, min_texts=min(len(long), 2 * batch))
     results["length"] = {"short": {**results["B"], "mean_tokens": results["tokens"]["short_mean"]},

@@ -25,7 +25,8 @@ def ratios(report: dict[str, Any]) -> dict[str, float | None]:
             "C_over_B": div(c, _get(report, "B", "events_per_s")),
             "B_over_fp32_batch64": div(_get(report, "B", "events_per_s"), _get(report, "model_only", "precisions", "fp32", "batch64", "events_per_s")),
             "D_over_C": div(_get(report, "D", "events_per_s"), c),
-            "B_again_over_B": div(_get(report, "B_again", "events_per_s"), _get(report, "B", "events_per_s"))}
+            "B_again_over_B": div(_get(report, "B_again", "events_per_s"), _get(report, "B", "events_per_s")),
+            "B_over_one_instance": div(_get(report, "B", "events_per_s"), _get(report, "model_only", "other_plan", "events_per_s"))}
 
 
 def half_peak_latency(report: dict[str, Any]) -> dict[str, Any] | None:
@@ -102,6 +103,10 @@ def format_table(report: dict[str, Any]) -> str:
         if b and precision == b.get("precision") and b.get("batch") == 64:
             continue  # that is B
         row(f"   model only, {precision} batch 64", entry.get("batch64"))
+    other = _get(report, "model_only", "other_plan")
+    if other:
+        row(f"   model only, {b.get('precision') if b else ''} batch {other.get('batch')}, 1 instance x {other.get('threads')} threads",
+            other)
     row("   B again, after the end-to-end runs (drift check)", report.get("B_again"))
     for precision, entry in (_get(report, "base_sized", "precisions") or {}).items():
         row(f"   BERT-base-sized (random weights), model only, {precision}", entry)
