@@ -14,10 +14,10 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 STAGES = [
-    "noack_take(batch, window)",
+    "noack_take(batch, window) when an instance is free",
     "decode + validate",
     "Redis MGET (version + heads + text hash)",
-    "model thread: one encoder pass, every head",
+    "model instances: one encoder pass, every head",
     "Redis SET with TTL",
     "produce, await delivery",
     "ack → commit offsets",

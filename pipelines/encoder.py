@@ -154,7 +154,7 @@ class Encoder:
 
     @torch.inference_mode()
     def _forward(self, ids: list[list[int]], layers: tuple[int, ...]) -> tuple[dict[int, torch.Tensor], torch.Tensor]:
-        # Padded here, not by the tokenizer: the model thread never touches the tokenizer, which
+        # Padded here, not by the tokenizer: the model threads never touch the tokenizer, which
         # is not safe to use from two threads at once (the next batch is tokenized meanwhile).
         longest = max(len(x) for x in ids)
         input_ids = torch.full((len(ids), longest), self.pad_id, dtype=torch.long)
