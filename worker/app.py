@@ -109,6 +109,8 @@ class WorkerApp:
         # One thread per model instance: torch releases the GIL, the event loop stays free.
         self.instances = classifier.encoder.instances
         self.executor = ThreadPoolExecutor(max_workers=self.instances, thread_name_prefix="model")
+        # Idle model instances, shared by every pipeline: a batch is taken only when one is free.
+        self.model_free = asyncio.Semaphore(self.instances)
         # Batches in flight per pipeline: one in the model per instance, one delivering.
         self.max_in_flight = self.instances + 1
         self.tokenizer_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tokenizer")
@@ -201,14 +203,14 @@ class WorkerApp:
 
     def _add_agent(self, pipeline: Pipeline) -> None:
         processor = BatchProcessor(pipeline, self.classifier, self.cache, self.executor, self.settings.max_event_bytes,
-                                   tokenizer_executor=self.tokenizer_executor, instances=self.instances)
+                                   tokenizer_executor=self.tokenizer_executor, model_free=self.model_free)
         self.processors.append(processor)
         settings = self.settings
 
         async def agent(stream: faust.StreamT) -> None:
             in_flight: deque[asyncio.Task[None]] = deque()
             previous: asyncio.Event | None = None
-            model_free = asyncio.Semaphore(self.instances)
+            model_free = self.model_free
             try:
                 await model_free.acquire()
                 async for events in stream.noack_take(settings.batch_size, within=settings.batch_window_s):

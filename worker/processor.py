@@ -69,11 +69,12 @@ class BatchProcessor:
         executor: Executor,
         max_event_bytes: int = 1_000_000,
         tokenizer_executor: Executor | None = None,
-        instances: int = 1,
+        model_free: asyncio.Semaphore | None = None,
     ) -> None:
         self.pipeline = pipeline
-        self.instances = instances  # model instances behind `executor`
-        self._running = 0  # this pipeline's batches (or parts) in the model now
+        # Idle model instances behind `executor`, shared by every pipeline of the worker. The caller
+        # holds one for each batch it passes to `process`; a batch may borrow the idle ones.
+        self.model_free = model_free or asyncio.Semaphore(0)  # none to borrow
         self.cache = cache
         self.executor = executor
         self.tokenizer_executor = tokenizer_executor or executor
@@ -204,15 +205,22 @@ class BatchProcessor:
         return found
 
     async def _predict(self, texts: list[str], classifier: Classifier) -> list[Prediction | None]:
-        """A batch that finds model instances idle is split across them, so that a light load gets
-        the latency of small batches; under load every instance is busy and each batch takes one
-        (the throughput of big batches)."""
-        parts = min(self.instances - self._running, len(texts) // MIN_SPLIT_TEXTS)
-        if parts <= 1:
+        """A batch that finds other model instances idle is split across them, so that a light load
+        gets the latency of small batches; under load every instance is busy and each batch takes
+        one (the throughput of big batches)."""
+        borrowed = 0
+        while borrowed + 2 <= len(texts) // MIN_SPLIT_TEXTS and not self.model_free.locked():
+            await self.model_free.acquire()  # free now: does not wait
+            borrowed += 1
+        if not borrowed:
             return await self._predict_on_one(texts, classifier)
-        size = math.ceil(len(texts) / parts)
-        chunks = [texts[i:i + size] for i in range(0, len(texts), size)]
-        results = await asyncio.gather(*(self._predict_on_one(chunk, classifier) for chunk in chunks))
+        try:
+            size = math.ceil(len(texts) / (borrowed + 1))
+            chunks = [texts[i:i + size] for i in range(0, len(texts), size)]
+            results = await asyncio.gather(*(self._predict_on_one(chunk, classifier) for chunk in chunks))
+        finally:
+            for _ in range(borrowed):
+                self.model_free.release()
         return [prediction for result in results for prediction in result]
 
     async def _predict_on_one(self, texts: list[str], classifier: Classifier) -> list[Prediction | None]:
@@ -223,7 +231,6 @@ class BatchProcessor:
         """
         loop = asyncio.get_running_loop()
         tasks = self.pipeline.tasks
-        self._running += 1
         try:
             # Tokenize on its own thread (overlapping the model's work on the batch before), then
             # run the model on a model instance's thread.
@@ -233,8 +240,6 @@ class BatchProcessor:
             log.error("model_failed", pipeline=self.pipeline.name, texts=len(texts), error=f"{type(exc).__name__}: {exc}")
             if len(texts) == 1:
                 return [None]
-        finally:
-            self._running -= 1
         out: list[Prediction | None] = []
         for text in texts:
             out += await self._predict_on_one([text], classifier)

@@ -334,9 +334,9 @@ async def until(condition, failure: str, timeout_s: float = 10.0) -> None:
 
 
 def test_idle_model_instances_share_a_batch_busy_ones_do_not(redis_url, encoder, pipeline, cleanup) -> None:
-    """Two model instances: a batch that finds both idle is split in two parts that run at once;
-    a batch that arrives while they are busy goes whole. Outputs stay in input order, and the
-    labels are those of the same texts classified in one piece."""
+    """Two model instances: a batch that finds the other one idle is split in two parts that run
+    at once; a batch that finds none idle goes whole. Outputs stay in input order, the labels are
+    those of the same texts classified in one piece, and every borrowed instance is given back."""
     heads = {name: Head(HeadSpec(name=name, labels=labels, input_dim=encoder.hidden_size, hidden=16)).eval()
              for name, labels in LABELS.items()}
     gated = GatedClassifier(encoder, heads, {name: uuid.uuid4().hex for name in heads})
@@ -347,16 +347,23 @@ def test_idle_model_instances_share_a_batch_busy_ones_do_not(redis_url, encoder,
 
     async def scenario() -> tuple[list[Outgoing], list[Outgoing]]:
         client = aioredis.from_url(redis_url)
+        model_free = asyncio.Semaphore(2)
         try:
             processor = BatchProcessor(pipeline, gated, ResultCache(client, TTL_S), pool, tokenizer_executor=tokenizer,
-                                       instances=2)
+                                       model_free=model_free)
+            await model_free.acquire()  # the worker's agent holds one instance per batch it passes on
             one = asyncio.ensure_future(processor.process(records(pipeline, events(first))))
             await until(lambda: len(gated.prepared) >= 2, "the first batch was not split in two parts")
+            assert model_free.locked()  # it borrowed the idle instance
             two = asyncio.ensure_future(processor.process(records(pipeline, events(second), first_offset=100)))
-            # The second batch has chosen its parts while both instances were busy.
             await until(lambda: len(gated.prepared) >= 3, "the second batch never reached the model")
             gated.gate.set()
-            return await one, await two
+            results = await one, await two
+            model_free.release()  # the agent's instance
+            for _ in range(2):  # both instances are free again
+                assert not model_free.locked()
+                await model_free.acquire()
+            return results
         finally:
             await client.aclose()
 
