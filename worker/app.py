@@ -212,8 +212,8 @@ class WorkerApp:
             previous: asyncio.Event | None = None
             model_free = self.model_free
             try:
+                await model_free.acquire()
                 async for events in stream.noack_take(settings.batch_size, within=settings.batch_window_s):
-                    await model_free.acquire()  # free a moment ago (below), unless another pipeline took it
                     delivered = asyncio.Event()
                     in_flight.append(asyncio.ensure_future(
                         self._handle(stream, processor, events, previous, delivered, model_free.release)))
@@ -221,11 +221,9 @@ class WorkerApp:
                     # The next batch is taken only once a model instance is free, so it grows while
                     # they are busy (big batches under load, small ones when idle), and while
                     # max_in_flight batches are undelivered. Meanwhile Faust's buffer fills and the
-                    # consumer pauses (backpressure). Waiting holds no instance, so an idle pipeline
-                    # never keeps one from the others. A stop never cancels a batch: the task
+                    # consumer pauses (backpressure). A stop never cancels a batch: the task
                     # leaves the deque only once done, so `finally` still waits for it.
                     await model_free.acquire()
-                    model_free.release()
                     while in_flight and (in_flight[0].done() or len(in_flight) >= self.max_in_flight):
                         await asyncio.shield(in_flight[0])
                         in_flight.popleft()
