@@ -236,6 +236,32 @@ def vader_corpora() -> dict[str, list[tuple[str, float]]]:
     return out
 
 
+def vader_ratings() -> dict[str, list[int]]:
+    """Each VADER text's individual human ratings (-4..+4), from the ``*_anonDataRatings`` files.
+
+    Joined to the ground-truth texts by corpus and id; the first occurrence of a text wins, as
+    in `vader_test_corpus`. Used by the label-noise study in ``docs/experiments/``.
+    """
+    root = _require("vader")
+    out: dict[str, list[int]] = {}
+    with tarfile.open(root / "additional_resources" / "hutto_ICWSM_2014.tar.gz") as tf:
+        for corpus in VADER_CORPORA:
+            ratings: dict[str, list[int]] = {}
+            fh = tf.extractfile(f"hutto_ICWSM_2014/{corpus}_anonDataRatings.txt")
+            assert fh is not None
+            for line in io.TextIOWrapper(fh, encoding="utf-8-sig", errors="replace"):
+                parts = line.rstrip("\r\n").split("\t")
+                if len(parts) >= 4:
+                    ratings[parts[0].strip()] = json.loads(parts[3])
+            fh = tf.extractfile(f"hutto_ICWSM_2014/{corpus}_GroundTruth.txt")
+            assert fh is not None
+            for line in io.TextIOWrapper(fh, encoding="utf-8-sig", errors="replace", newline=""):
+                parts = line.rstrip("\r\n").split("\t", 2)
+                if len(parts) == 3 and parts[2].strip() and parts[0].strip() in ratings:
+                    out.setdefault(parts[2].strip(), ratings[parts[0].strip()])
+    return out
+
+
 def load_vader() -> Dataset:
     items = [((text, vader_label(mean)), f"{corpus}/{vader_label(mean)}") for corpus, rows in vader_corpora().items() for text, mean in rows]
     train, test = _stratified_split(items, seed=20140601)
