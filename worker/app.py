@@ -109,8 +109,10 @@ class WorkerApp:
         # One thread per model instance: torch releases the GIL, the event loop stays free.
         self.instances = classifier.encoder.instances
         self.executor = ThreadPoolExecutor(max_workers=self.instances, thread_name_prefix="model")
-        # Idle model instances, shared by every pipeline: a batch is taken only when one is free.
-        self.model_free = asyncio.Semaphore(self.instances)
+        # Idle model instances per pipeline: its agent takes a batch only when one is free. Not one
+        # pool for all: an agent holds a slot while it waits for events, so an idle pipeline would
+        # keep an instance from a busy one. Busy pipelines' batches queue for the shared threads.
+        self.model_free = {p.name: asyncio.Semaphore(self.instances) for p in pipelines}
         # Batches in flight per pipeline: one in the model per instance, one delivering.
         self.max_in_flight = self.instances + 1
         self.tokenizer_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tokenizer")
@@ -203,14 +205,14 @@ class WorkerApp:
 
     def _add_agent(self, pipeline: Pipeline) -> None:
         processor = BatchProcessor(pipeline, self.classifier, self.cache, self.executor, self.settings.max_event_bytes,
-                                   tokenizer_executor=self.tokenizer_executor, model_free=self.model_free)
+                                   tokenizer_executor=self.tokenizer_executor, model_free=self.model_free[pipeline.name])
         self.processors.append(processor)
         settings = self.settings
 
         async def agent(stream: faust.StreamT) -> None:
             in_flight: deque[asyncio.Task[None]] = deque()
             previous: asyncio.Event | None = None
-            model_free = self.model_free
+            model_free = self.model_free[pipeline.name]
             try:
                 await model_free.acquire()
                 async for events in stream.noack_take(settings.batch_size, within=settings.batch_window_s):

@@ -122,7 +122,7 @@ class StreamBench:
         self.timeout_s = timeout_s
         self.worker_settings = worker_settings or {}
         self.run_id = uuid.uuid4().hex[:8]
-        self.topics = {k: f"bench-{self.run_id}-{k}" for k in ("in", "out", "dead")}
+        self.topics = {k: f"bench-{self.run_id}-{k}" for k in ("in", "out", "dead", "idle-in", "idle-out", "idle-dead")}
         self._stack = ExitStack()
         self.proc: Any = None
 
@@ -142,17 +142,20 @@ class StreamBench:
 
         self.workdir = Path(tempfile.mkdtemp(prefix="bertstream-bench-"))
         pipelines_file = self.workdir / "pipelines.toml"
-        pipelines_file.write_text(
-            f'[pipelines.bench]\ninput = "{self.topics["in"]}"\noutput = "{self.topics["out"]}"\n'
-            f'dead_letter = "{self.topics["dead"]}"\nheads = {json.dumps(self.heads)}\n'
-        )
+        # The worker as deployed runs several pipelines (news and email by default): a second,
+        # idle one here, so that C would show it if an idle pipeline slowed a busy one.
+        pipelines_file.write_text("".join(
+            f'[pipelines.{name}]\ninput = "{self.topics[prefix + "in"]}"\noutput = "{self.topics[prefix + "out"]}"\n'
+            f'dead_letter = "{self.topics[prefix + "dead"]}"\nheads = {json.dumps(self.heads)}\n'
+            for name, prefix in (("bench", ""), ("idle", "idle-"))
+        ))
         self.web_port = free_port()
         env = worker_env(self.brokers, self.redis_url, f"bertstream-bench-{self.run_id}", self.web_port,
                          pipelines_file=str(pipelines_file), session_timeout_s="6", **self.worker_settings)
         self.log_path = self.workdir / "worker.log"
         self.log(f"end to end: starting the worker (log {self.log_path})")
         started = time.perf_counter()
-        self.proc = start_ready_worker(self._stack, env, ["bench"], self.log_path, self.web_port, timeout_s=self.timeout_s)
+        self.proc = start_ready_worker(self._stack, env, ["bench", "idle"], self.log_path, self.web_port, timeout_s=self.timeout_s)
         self.start_seconds = round(time.perf_counter() - started, 2)
         self.collector = _Collector(self.brokers, [self.topics["out"]], self.topics["dead"])
         self.collector.start()

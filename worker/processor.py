@@ -72,8 +72,8 @@ class BatchProcessor:
         model_free: asyncio.Semaphore | None = None,
     ) -> None:
         self.pipeline = pipeline
-        # Idle model instances behind `executor`, shared by every pipeline of the worker. The caller
-        # holds one for each batch it passes to `process`; a batch may borrow the idle ones.
+        # This pipeline's idle model instances behind `executor` (the worker's shared threads). The
+        # caller holds one for each batch it passes to `process`; a batch may borrow the idle ones.
         self.model_free = model_free or asyncio.Semaphore(0)  # none to borrow
         self.cache = cache
         self.executor = executor

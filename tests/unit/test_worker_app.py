@@ -44,4 +44,9 @@ def test_model_instances_size_the_model_pool_and_the_batches_in_flight(pipelines
     app = WorkerApp(load_settings(web_port=0, cache_ttl_s=0), pipelines, classifier)
     assert app.executor._max_workers == 3  # one thread per instance
     assert app.max_in_flight == 4  # one batch in each instance, one delivering
-    assert all(p.executor is app.executor and p.model_free is app.model_free for p in app.processors)
+    assert all(p.executor is app.executor for p in app.processors)
+    # Each pipeline has its own pool of every instance: an idle pipeline, whose agent holds a slot
+    # while it waits for events, cannot keep an instance from a busy one.
+    pools = [p.model_free for p in app.processors]
+    assert len(pools) == len(pipelines) >= 2 and len({id(pool) for pool in pools}) == len(pools)
+    assert all(pool is app.model_free[p.pipeline.name] and pool._value == 3 for p, pool in zip(app.processors, pools))
