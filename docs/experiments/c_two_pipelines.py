@@ -21,7 +21,7 @@ def main(runs: int) -> None:
         with StreamBench(brokers, redis_url, heads, timeout_s=600) as bench:
             for i in range(runs):
                 r = bench.burst(bench_data.short_texts(2000, f"{bench.run_id}-c{i}"), f"c{i}")
-                print(f"C run {i}: {r['events_per_s']:.1f} events/s, mean batch {r.get('mean_batch')}", flush=True)
+                print(f"C run {i}: {r['events_per_s']:.1f} events/s, mean batch {r.get('worker', {}).get('mean_batch')}", flush=True)
 
 
 if __name__ == "__main__":
