@@ -74,6 +74,7 @@ class Encoder:
         threads = intra_op_threads(settings.threads, self.instances, self.device)
         if threads > 0:
             torch.set_num_threads(threads)
+        self.threads = torch.get_num_threads()  # per instance (torch's setting is per process)
         self._tokenizer_lock = threading.Lock()  # the fast tokenizer is not safe from two threads at once
         self.precision = resolve_precision(settings.precision, self.device)
         self.model = prepare_model(model, self.device, self.precision)

@@ -140,7 +140,7 @@ def run_bench(out: Path, events: int | None = None, quick: bool = False, heads: 
 
             base_precisions = list(dict.fromkeys(["fp32", default_precision] + ([] if device.type == "cpu" else ["fp16", "bf16"])))
             report["base_sized"] = run_base_suite(heads, tasks, short, str(device), base_precisions, settings.batch_size,
-                                                  sizes["min_seconds"], echo)
+                                                  sizes["min_seconds"], echo, instances=settings.model_instances)
         stream = run_stream_suite(brokers, redis_url, heads, bench_data.short_texts, bench_data.long_texts, sizes["events"],
                                   sizes["long_e2e"], sizes["scaling"], sizes["loads"], sizes["load_seconds"], log=echo)
         # B again, after the stream: how much the machine's load drifted between B and C.

@@ -11,7 +11,7 @@ from typing import Any
 from worker.bench_model import throughput
 
 
-def base_sized_classifier(precision: str, heads: list[str], device: str) -> Any:
+def base_sized_classifier(precision: str, heads: list[str], device: str, instances: int = 1) -> Any:
     import torch
     from transformers import AutoTokenizer, BertConfig, BertModel
 
@@ -25,10 +25,8 @@ def base_sized_classifier(precision: str, heads: list[str], device: str) -> Any:
     config = BertConfig(vocab_size=len(tokenizer), hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
                         intermediate_size=3072, max_position_embeddings=512)
     model = BertModel(config, add_pooling_layer=False).eval()
-    from worker.config import load_settings
-
     # The worker's engine plan (model instances and threads), as for B.
-    encoder = Encoder(EncoderSettings(device=device, precision=precision, instances=load_settings().model_instances),
+    encoder = Encoder(EncoderSettings(device=device, precision=precision, instances=instances),
                       model=model, tokenizer=tokenizer)
     built: dict[str, Head] = {}
     for ref in heads:
@@ -39,14 +37,14 @@ def base_sized_classifier(precision: str, heads: list[str], device: str) -> Any:
 
 
 def run_base_suite(heads: list[str], tasks: list[str], texts: list[str], device: str, precisions: list[str],
-                   batch: int, min_seconds: float, log: Any) -> dict[str, Any]:
+                   batch: int, min_seconds: float, log: Any, instances: int = 1) -> dict[str, Any]:
     """events/s at batch `batch` for each precision, and the encoder's parameter count."""
     import gc
 
     out: dict[str, Any] = {"config": "BertModel 12 layers, hidden 768, 12 heads, random weights", "precisions": {}}
     for precision in precisions:
         log(f"BERT-base-sized, model only: {precision}, batch {batch}")
-        classifier = base_sized_classifier(precision, heads, device)
+        classifier = base_sized_classifier(precision, heads, device, instances)
         out["params_millions"] = round(sum(p.numel() for p in classifier.encoder.model.parameters()) / 1e6, 1)
         out["precisions"][precision] = throughput(classifier, texts, tasks, batch, min_seconds, min_texts=2 * batch)
         del classifier

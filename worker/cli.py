@@ -41,12 +41,6 @@ def _clear_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
-def torch_threads() -> int:
-    import torch
-
-    return torch.get_num_threads()
-
-
 def build_classifier(settings: Settings, heads: list[str]) -> Any:
     """The encoder and the heads, loaded once and shared by every pipeline of the process."""
     import transformers
@@ -129,7 +123,7 @@ def worker(pipeline_names: tuple[str, ...], brokers: str | None, redis_url: str 
     classifier.warm_up()
     log.info("worker_starting", pipelines=[p.name for p in pipelines], model=classifier.encoder.name,
              version=classifier.version(), device=str(classifier.encoder.device), precision=classifier.encoder.precision,
-             model_instances=classifier.encoder.instances, threads=torch_threads(), brokers=settings.kafka_brokers, redis=settings.redis_url.get_secret_value(), web_port=settings.web_port)
+             model_instances=classifier.encoder.instances, threads=classifier.encoder.threads, brokers=settings.kafka_brokers, redis=settings.redis_url.get_secret_value(), web_port=settings.web_port)
     faust.Worker(app.app, loglevel=settings.log_level, override_logging=False, redirect_stdouts=False).execute_from_commandline()
 
 
