@@ -1,28 +1,60 @@
-"""C only: the worker with its two pipelines (one idle), 2,000 short events, N runs (default 3).
+"""C with the worker's two pipelines: one busy and one idle, or both busy at once.
 
-Run: `.venv/bin/python docs/experiments/c_two_pipelines.py 3` (starts an embedded broker and Redis
-when none is configured). `make bench` measures C with the same worker set-up, among the rest.
+Run: `.venv/bin/python docs/experiments/c_two_pipelines.py [RUNS] [--both]` (starts an embedded
+broker and Redis when none is configured). Default: 2,000 short events to one pipeline while the
+other is idle, as `make bench` measures C. `--both`: 2,000 to each pipeline at the same moment;
+events/s counts both, from the first send to the last output of either.
 """
 from __future__ import annotations
 
 import sys
+import time
 from contextlib import ExitStack
 
 from worker import bench_data
 from worker.bench import DEFAULT_HEADS, _resolve_heads
-from worker.bench_stream import StreamBench
-from worker.harness import services
+from worker.bench_stream import StreamBench, _Collector
+
+EVENTS = 2000
 
 
-def main(runs: int) -> None:
+def both_busy(bench: StreamBench, collector: _Collector, label: str) -> str:
+    batches_before = bench.metrics()
+    sent = {}
+    for topic, tag in ((bench.topics["in"], "a"), (bench.topics["idle-in"], "b")):
+        sent[tag] = bench_data.events(bench_data.short_texts(EVENTS, f"{bench.run_id}-{label}{tag}"), f"{bench.run_id}-{label}{tag}")
+    started = time.perf_counter()
+    for i in range(EVENTS):  # interleaved, so both pipelines get load from the start
+        bench.producer.send(bench.topics["in"], sent["a"][i][1])
+        bench.producer.send(bench.topics["idle-in"], sent["b"][i][1])
+    bench.producer.flush()
+    a = bench.collector.wait_for([i for i, _ in sent["a"]], 600)
+    b = collector.wait_for([i for i, _ in sent["b"]], 600)
+    seconds = max(t for t, _ in list(a.values()) + list(b.values())) - started
+    after = bench.metrics()
+    batches = after["bertstream_batch_size_count"] - batches_before["bertstream_batch_size_count"]
+    size = after["bertstream_batch_size_sum"] - batches_before["bertstream_batch_size_sum"]
+    return f"{2 * EVENTS / seconds:.1f} events/s over both, mean batch {size / max(batches, 1):.1f}"
+
+
+def main(runs: int, both: bool) -> None:
+    from worker.harness import services
+
     heads = _resolve_heads(DEFAULT_HEADS)
     with ExitStack() as stack:
         brokers, redis_url, _ = services(stack)
         with StreamBench(brokers, redis_url, heads, timeout_s=600) as bench:
+            collector = _Collector(brokers, [bench.topics["idle-out"]], bench.topics["idle-dead"])
+            collector.start()
+            stack.callback(collector.stop)
             for i in range(runs):
-                r = bench.burst(bench_data.short_texts(2000, f"{bench.run_id}-c{i}"), f"c{i}")
-                print(f"C run {i}: {r['events_per_s']:.1f} events/s, mean batch {r.get('worker', {}).get('mean_batch')}", flush=True)
+                if both:
+                    print(f"both busy, run {i}: {both_busy(bench, collector, f'm{i}')}", flush=True)
+                else:
+                    r = bench.burst(bench_data.short_texts(EVENTS, f"{bench.run_id}-c{i}"), f"c{i}")
+                    print(f"C run {i}: {r['events_per_s']:.1f} events/s, mean batch {r.get('worker', {}).get('mean_batch')}", flush=True)
 
 
 if __name__ == "__main__":
-    main(int(sys.argv[1]) if len(sys.argv) > 1 else 3)
+    args = [a for a in sys.argv[1:] if not a.startswith("--")]
+    main(int(args[0]) if args else 3, "--both" in sys.argv)
