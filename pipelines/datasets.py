@@ -48,7 +48,7 @@ import tarfile
 import tempfile
 import zipfile
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -218,22 +218,25 @@ def vader_label(mean: float) -> str:
     return "neutral"
 
 
+def _vader_rows(tf: tarfile.TarFile, corpus: str, kind: str, maxsplit: int = -1) -> Iterator[list[str]]:
+    """The tab-separated fields of each line of one corpus's ``<corpus>_<kind>.txt`` (BOM dropped)."""
+    fh = tf.extractfile(f"hutto_ICWSM_2014/{corpus}_{kind}.txt")
+    assert fh is not None
+    for line in io.TextIOWrapper(fh, encoding="utf-8-sig", errors="replace", newline=""):
+        yield line.rstrip("\r\n").split("\t", maxsplit)
+
+
+def _vader_ground_truth(tf: tarfile.TarFile, corpus: str) -> Iterator[tuple[str, float, str]]:
+    """(id, mean rating, text) of each ground-truth line with a text."""
+    for parts in _vader_rows(tf, corpus, "GroundTruth", maxsplit=2):  # the text may hold tabs
+        if len(parts) == 3 and parts[2].strip():
+            yield parts[0].strip(), float(parts[1]), parts[2].strip()
+
+
 def vader_corpora() -> dict[str, list[tuple[str, float]]]:
     """Each VADER ground-truth corpus as (text, mean rating)."""
-    root = _require("vader")
-    out: dict[str, list[tuple[str, float]]] = {}
-    with tarfile.open(root / "additional_resources" / "hutto_ICWSM_2014.tar.gz") as tf:
-        for corpus in VADER_CORPORA:
-            fh = tf.extractfile(f"hutto_ICWSM_2014/{corpus}_GroundTruth.txt")
-            assert fh is not None
-            rows = []
-            for line in io.TextIOWrapper(fh, encoding="utf-8", errors="replace", newline=""):
-                parts = line.rstrip("\r\n").split("\t", 2)
-                if len(parts) != 3 or not parts[2].strip():
-                    continue
-                rows.append((parts[2].strip(), float(parts[1])))
-            out[corpus] = rows
-    return out
+    with tarfile.open(_require("vader") / "additional_resources" / "hutto_ICWSM_2014.tar.gz") as tf:
+        return {corpus: [(text, mean) for _, mean, text in _vader_ground_truth(tf, corpus)] for corpus in VADER_CORPORA}
 
 
 def vader_ratings() -> dict[str, list[int]]:
@@ -242,23 +245,13 @@ def vader_ratings() -> dict[str, list[int]]:
     Joined to the ground-truth texts by corpus and id; the first occurrence of a text wins, as
     in `vader_test_corpus`. Used by the label-noise study in ``docs/experiments/``.
     """
-    root = _require("vader")
     out: dict[str, list[int]] = {}
-    with tarfile.open(root / "additional_resources" / "hutto_ICWSM_2014.tar.gz") as tf:
+    with tarfile.open(_require("vader") / "additional_resources" / "hutto_ICWSM_2014.tar.gz") as tf:
         for corpus in VADER_CORPORA:
-            ratings: dict[str, list[int]] = {}
-            fh = tf.extractfile(f"hutto_ICWSM_2014/{corpus}_anonDataRatings.txt")
-            assert fh is not None
-            for line in io.TextIOWrapper(fh, encoding="utf-8-sig", errors="replace"):
-                parts = line.rstrip("\r\n").split("\t")
-                if len(parts) >= 4:
-                    ratings[parts[0].strip()] = json.loads(parts[3])
-            fh = tf.extractfile(f"hutto_ICWSM_2014/{corpus}_GroundTruth.txt")
-            assert fh is not None
-            for line in io.TextIOWrapper(fh, encoding="utf-8-sig", errors="replace", newline=""):
-                parts = line.rstrip("\r\n").split("\t", 2)
-                if len(parts) == 3 and parts[2].strip() and parts[0].strip() in ratings:
-                    out.setdefault(parts[2].strip(), ratings[parts[0].strip()])
+            ratings = {parts[0].strip(): json.loads(parts[3]) for parts in _vader_rows(tf, corpus, "anonDataRatings") if len(parts) >= 4}
+            for row_id, _, text in _vader_ground_truth(tf, corpus):
+                if row_id in ratings:
+                    out.setdefault(text, ratings[row_id])
     return out
 
 
