@@ -13,13 +13,13 @@ from contextlib import ExitStack
 
 from worker import bench_data
 from worker.bench import DEFAULT_HEADS, _resolve_heads
-from worker.bench_stream import StreamBench, _Collector
+from worker.bench_stream import StreamBench, _Collector, _worker_stats
 
 EVENTS = 2000
 
 
 def both_busy(bench: StreamBench, collector: _Collector, label: str) -> str:
-    batches_before = bench.metrics()
+    before = bench.metrics()
     sent = {}
     for topic, tag in ((bench.topics["in"], "a"), (bench.topics["idle-in"], "b")):
         sent[tag] = bench_data.events(bench_data.short_texts(EVENTS, f"{bench.run_id}-{label}{tag}"), f"{bench.run_id}-{label}{tag}")
@@ -31,10 +31,8 @@ def both_busy(bench: StreamBench, collector: _Collector, label: str) -> str:
     a = bench.collector.wait_for([i for i, _ in sent["a"]], 600)
     b = collector.wait_for([i for i, _ in sent["b"]], 600)
     seconds = max(t for t, _ in list(a.values()) + list(b.values())) - started
-    after = bench.metrics()
-    batches = after["bertstream_batch_size_count"] - batches_before["bertstream_batch_size_count"]
-    size = after["bertstream_batch_size_sum"] - batches_before["bertstream_batch_size_sum"]
-    return f"{2 * EVENTS / seconds:.1f} events/s over both, mean batch {size / max(batches, 1):.1f}"
+    stats = _worker_stats(before, bench.metrics(), seconds)
+    return f"{2 * EVENTS / seconds:.1f} events/s over both, mean batch {stats.get('worker', {}).get('mean_batch')}"
 
 
 def main(runs: int, both: bool) -> None:
