@@ -56,7 +56,7 @@ faults: setup
 	$(BIN)/python -m pytest -q -m faults tests/faults
 
 soak: setup
-	$(BIN)/python -m worker.soak
+	$(BIN)/python -m bertstream.soak
 
 # Re-pin after changing dependencies in pyproject.toml.
 lock:

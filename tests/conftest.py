@@ -27,7 +27,7 @@ if _ROOT not in sys.path:
     sys.path.insert(0, _ROOT)
 
 if TYPE_CHECKING:
-    from worker.tls_front import TlsFiles
+    from bertstream.devservices.tls_front import TlsFiles
 
 LOCAL_REDIS_URL = "redis://127.0.0.1:6379/15"
 
@@ -39,7 +39,7 @@ def kafka_bootstrap() -> Iterator[str]:
     if external:
         yield external
         return
-    from worker.embedded_broker import EmbeddedBroker
+    from bertstream.devservices.broker import EmbeddedBroker
 
     with EmbeddedBroker() as broker:
         yield broker.bootstrap
@@ -68,7 +68,7 @@ def redis_url() -> Iterator[str]:
     if _redis_answers(LOCAL_REDIS_URL):
         yield LOCAL_REDIS_URL
         return
-    from worker.embedded_redis import EmbeddedRedis
+    from bertstream.devservices.redis_server import EmbeddedRedis
 
     with EmbeddedRedis() as server:
         yield server.url
@@ -90,7 +90,7 @@ def tls_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[TlsFiles, Path]
     mutual TLS), and the PEM of another, unrelated CA."""
     import trustme
 
-    from worker.tls_front import TlsFiles
+    from bertstream.devservices.tls_front import TlsFiles
 
     base = tmp_path_factory.mktemp("tls")
     ca = trustme.CA()

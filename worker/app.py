@@ -20,7 +20,7 @@ from worker.cache import ResultCache
 from worker.codec import Source
 from worker.config import Pipeline, Settings
 from worker.faust_transport import Transport
-from worker.kafka_admin import ssl_context
+from worker.connection import ssl_context
 from worker.processor import BatchProcessor, Outgoing, Record
 from worker.reload import ModelReloader
 

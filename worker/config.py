@@ -9,11 +9,12 @@ from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validat
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from pipelines.registry import task_name
+from worker.errors import StartupError
 
 DEFAULT_PIPELINES_FILE = Path(__file__).resolve().parent / "pipelines.toml"
 
 
-class ConfigError(RuntimeError):
+class ConfigError(StartupError):
     """Bad configuration; the message is one line that says what to fix."""
 
 

@@ -11,9 +11,9 @@ import sys
 import time
 from contextlib import ExitStack
 
-from worker import bench_data
-from worker.bench import DEFAULT_HEADS, _resolve_heads
-from worker.bench_stream import StreamBench, _Collector, _worker_stats
+from bertstream.bench import data as bench_data
+from bertstream.bench.main import DEFAULT_HEADS, _resolve_heads
+from bertstream.bench.stream import StreamBench, _Collector, _worker_stats
 
 EVENTS = 2000
 
@@ -36,7 +36,7 @@ def both_busy(bench: StreamBench, collector: _Collector, label: str) -> str:
 
 
 def main(runs: int, both: bool) -> None:
-    from worker.harness import services
+    from bertstream.devservices.stack import services
 
     heads = _resolve_heads(DEFAULT_HEADS)
     with ExitStack() as stack:

@@ -17,13 +17,13 @@ from pipelines.heads import load_head
 from pipelines.registry import resolve_head_dir
 from worker.cache import cache_key
 from worker.codec import raw_bytes
-from worker.harness import worker_env
-from worker.procutil import free_port, log_tail, stop_process_group
-from worker.runner import start_worker_process, wait_ready
+from bertstream.devservices.stack import worker_env
+from bertstream.devservices.process import free_port, log_tail, stop_process_group
+from bertstream.devservices.worker_process import start_worker_process, wait_ready
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration]
 
-DEMO = Path(__file__).resolve().parents[2] / "worker" / "demo_data"
+DEMO = Path(__file__).resolve().parents[2] / "bertstream" / "demo" / "data"
 HEADS = ["email_topic", "spam", "sentiment"]
 MALFORMED = [b'{"text": "unterminated', b'["not", "an", "object"]', b'{"id": "x1"}', b'{"text": ""}',
              b'{"text": 42}', b"\xff\xfe not utf-8", b'{"text": "   "}']

@@ -1,7 +1,7 @@
 """A harness for fault tests: real worker processes, real broker, real Redis, nothing mocked.
 
 - `FaultRun`: one run's unique topics, group and a LIGHT pipelines file (heads spam + sentiment);
-  starts worker processes (`worker.runner`), produces keyed events with ids, kills workers.
+  starts worker processes (`bertstream.devservices.worker_process`), produces keyed events with ids, kills workers.
 - `Collector`: a background consumer of the output and dead-letter topics, by id, in order.
 - `Figures`: what a fault test reports (events, duplicates, losses, recovery times).
 
@@ -26,15 +26,15 @@ from typing import Any, Iterable
 from kafka import KafkaConsumer, KafkaProducer
 
 from worker.config import load_settings
-from worker.harness import worker_env
-from worker.kafka_admin import client_kwargs, ensure_topics
-from worker.procutil import free_port, stop_process_group
-from worker.runner import start_worker_process, wait_ready
+from bertstream.devservices.stack import worker_env
+from worker.connection import client_kwargs, ensure_topics
+from bertstream.devservices.process import free_port, stop_process_group
+from bertstream.devservices.worker_process import start_worker_process, wait_ready
 
 LIGHT_HEADS = ["spam", "sentiment"]
 PRODUCER_MAX_BYTES = 32 << 20  # the test producer may send 10 MB events (tansu accepts them)
 
-from worker.soak import TEXTS  # noqa: E402 - the same short texts as the soak run
+from bertstream.soak import TEXTS  # noqa: E402 - the same short texts as the soak run
 
 
 def text_for(run: str, i: int, distinct: int) -> str:

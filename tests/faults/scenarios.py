@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.faults.harness import Collector, FaultRun, Figures, WorkerProc, wait_until
-from worker.procutil import log_tail
+from bertstream.devservices.process import log_tail
 
 
 @contextmanager

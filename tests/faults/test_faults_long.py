@@ -34,7 +34,7 @@ def test_sigterm_mid_stream(kafka_bootstrap: str, redis_url: str, tmp_path: Path
 
 
 def test_redis_outage_30s(kafka_bootstrap: str, tmp_path: Path) -> None:
-    from worker.embedded_redis import EmbeddedRedis
+    from bertstream.devservices.redis_server import EmbeddedRedis
 
     password = "soak-" + os.urandom(4).hex()
     with EmbeddedRedis(password=password) as server:
@@ -45,7 +45,7 @@ def test_redis_outage_30s(kafka_bootstrap: str, tmp_path: Path) -> None:
 
 
 def test_broker_restart_twice(tmp_path: Path, redis_url: str) -> None:
-    from worker.embedded_broker import EmbeddedBroker
+    from bertstream.devservices.broker import EmbeddedBroker
 
     with EmbeddedBroker() as broker:
         run = FaultRun(broker.bootstrap, redis_url, tmp_path, partitions=4)

@@ -27,9 +27,9 @@ def _random_heads(root: Path) -> list[str]:
 
 @pytest.mark.timeout(180)
 def test_bench_end_to_end_path(kafka_bootstrap: str, redis_url: str, tmp_path: Path) -> None:
-    from worker import bench_data
-    from worker.bench_report import format_table, ratios, targets, write_report
-    from worker.bench_stream import run_stream_suite
+    from bertstream.bench import data as bench_data
+    from bertstream.bench.report import format_table, ratios, targets, write_report
+    from bertstream.bench.stream import run_stream_suite
 
     heads = _random_heads(tmp_path / "heads")
     stream = run_stream_suite(kafka_bootstrap, redis_url, heads, bench_data.short_texts, bench_data.long_texts,

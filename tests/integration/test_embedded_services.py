@@ -14,9 +14,9 @@ import redis
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import NewTopic
 
-from worker.embedded_broker import EmbeddedBroker
-from worker.embedded_redis import EmbeddedRedis
-from worker.tls_front import TlsFiles
+from bertstream.devservices.broker import EmbeddedBroker
+from bertstream.devservices.redis_server import EmbeddedRedis
+from bertstream.devservices.tls_front import TlsFiles
 
 pytestmark = pytest.mark.integration
 

@@ -19,8 +19,8 @@ import pytest
 from tests.faults import scenarios
 from tests.faults.harness import FaultRun, Figures
 from worker.codec import MAX_DEPTH, MAX_ID_CHARS, RAW_PREFIX_BYTES, raw_bytes
-from worker.procutil import free_port, log_tail
-from worker.tls_front import TlsFiles
+from bertstream.devservices.process import free_port, log_tail
+from bertstream.devservices.tls_front import TlsFiles
 
 pytestmark = pytest.mark.integration
 
@@ -180,7 +180,7 @@ def test_sigterm_finishes_in_flight_batch(kafka_bootstrap: str, redis_url: str, 
 # -- 3 + 7: Redis outage, with AUTH -------------------------------------------------------------------
 
 def test_redis_outage_with_auth(kafka_bootstrap: str, tmp: Path) -> None:
-    from worker.embedded_redis import EmbeddedRedis
+    from bertstream.devservices.redis_server import EmbeddedRedis
 
     password = "s3cret-" + os.urandom(4).hex()
     with EmbeddedRedis(password=password) as server:
@@ -193,7 +193,7 @@ def test_redis_outage_with_auth(kafka_bootstrap: str, tmp: Path) -> None:
 # -- 4: broker restart ------------------------------------------------------------------------------
 
 def test_broker_restart_reconnects(tmp: Path, redis_url: str) -> None:
-    from worker.embedded_broker import EmbeddedBroker
+    from bertstream.devservices.broker import EmbeddedBroker
 
     with EmbeddedBroker() as broker:
         run = FaultRun(broker.bootstrap, redis_url, tmp, partitions=2)
@@ -204,7 +204,7 @@ def test_broker_restart_reconnects(tmp: Path, redis_url: str) -> None:
 # -- 6 + 7: start-up errors: one clear line, exit 2 ---------------------------------------------------
 
 def _run_worker(env: dict[str, str], *args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "worker.cli", "worker", *args], env=env, capture_output=True,
+    return subprocess.run([sys.executable, "-m", "bertstream.cli.main", "worker", *args], env=env, capture_output=True,
                           text=True, timeout=timeout, stdin=subprocess.DEVNULL)
 
 
@@ -266,7 +266,7 @@ def test_startup_error_is_one_clear_line(case: str, overrides: dict[str, str], n
 
 
 def test_wrong_redis_password_is_one_clear_line_without_the_secret(kafka_bootstrap: str, tmp: Path) -> None:
-    from worker.embedded_redis import EmbeddedRedis
+    from bertstream.devservices.redis_server import EmbeddedRedis
 
     with EmbeddedRedis(password="right-" + os.urandom(4).hex()) as server:
         wrong = "wrong-" + os.urandom(4).hex()
@@ -287,7 +287,7 @@ def test_kafka_sasl_and_tls_settings_pass_through(tmp: Path) -> None:
 
     from worker.app import _credentials
     from worker.config import load_settings
-    from worker.kafka_admin import client_kwargs
+    from worker.connection import client_kwargs
 
     key, cert = tmp / "key.pem", tmp / "cert.pem"
     subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(cert),
@@ -318,8 +318,8 @@ def test_worker_over_tls_to_kafka_and_redis(tls_files: tuple[TlsFiles, Path], tm
     from kafka import KafkaAdminClient
     from kafka.errors import KafkaError
 
-    from worker.embedded_broker import EmbeddedBroker
-    from worker.embedded_redis import EmbeddedRedis
+    from bertstream.devservices.broker import EmbeddedBroker
+    from bertstream.devservices.redis_server import EmbeddedRedis
 
     tls, _ = tls_files
     password = "tls-pw-" + os.urandom(4).hex()
@@ -350,8 +350,8 @@ def test_worker_over_tls_to_kafka_and_redis(tls_files: tuple[TlsFiles, Path], tm
 
 def test_tls_startup_errors_are_one_clear_line(tls_files: tuple[TlsFiles, Path], tmp: Path) -> None:
     """An untrusted broker or Redis certificate stops the worker with one line that names the fix."""
-    from worker.embedded_broker import EmbeddedBroker
-    from worker.embedded_redis import EmbeddedRedis
+    from bertstream.devservices.broker import EmbeddedBroker
+    from bertstream.devservices.redis_server import EmbeddedRedis
 
     tls, other_ca = tls_files
     with EmbeddedBroker(tls=tls) as broker, EmbeddedRedis(tls=tls) as server:
@@ -372,7 +372,7 @@ def test_sigterm_with_broker_down_exits_within_grace(tmp: Path, redis_url: str) 
     without acking (exit 3 when a batch was in flight, 0 when none was)."""
     import signal
 
-    from worker.embedded_broker import EmbeddedBroker
+    from bertstream.devservices.broker import EmbeddedBroker
 
     with EmbeddedBroker() as broker:
         run = FaultRun(broker.bootstrap, redis_url, tmp, partitions=2)
@@ -399,7 +399,7 @@ def test_sigterm_with_broker_down_exits_within_grace(tmp: Path, redis_url: str) 
 def test_worker_with_mutual_tls(tls_files: tuple[TlsFiles, Path], redis_url: str, tmp: Path) -> None:
     """A broker that wants client certificates: the worker's certificate gets it through; without
     one, the worker stops at start-up with one line that names the settings."""
-    from worker.embedded_broker import EmbeddedBroker
+    from bertstream.devservices.broker import EmbeddedBroker
 
     tls, _ = tls_files
     client = {"kafka_ssl_certfile": str(tls.ca.parent / "client.pem"), "kafka_ssl_keyfile": str(tls.ca.parent / "client-key.pem")}

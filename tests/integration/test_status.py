@@ -16,7 +16,7 @@ from kafka.structs import OffsetAndMetadata
 from prometheus_client import CollectorRegistry, Counter, generate_latest
 
 from worker.config import Pipeline, Settings
-from worker.status import high_watermarks, render, status, status_rows
+from bertstream.cli.status import high_watermarks, render, status, status_rows
 
 pytestmark = pytest.mark.integration
 

@@ -1,7 +1,7 @@
 """The bench's BERT-base-sized encoder: the shapes the GPU section measures, and that it runs."""
 from __future__ import annotations
 
-from worker.bench_base import base_sized_classifier, run_base_suite
+from bertstream.bench.base import base_sized_classifier, run_base_suite
 
 
 def test_base_sized_classifier_has_bert_base_shapes() -> None:

@@ -134,7 +134,7 @@ def test_producer_feeds_the_demo_files_to_input_topics(compose: dict) -> None:
     producer = compose["services"]["producer"]
     [mount] = producer["volumes"]
     source, target, *_ = mount.split(":")
-    assert (ROOT / source).resolve() == (ROOT / "worker" / "demo_data").resolve()
+    assert (ROOT / source).resolve() == (ROOT / "bertstream" / "demo" / "data").resolve()
     script = "\n".join(producer["command"])
     sent = re.findall(r"bertstream produce (\S+) --topic (\S+)", script)
     assert sent, script

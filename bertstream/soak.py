@@ -1,7 +1,7 @@
 """Soak test: stream at half the peak rate for a long time; report RSS over time, losses, dead letters.
 
-    python -m worker.soak                      # 30 minutes, embedded broker + Redis, light pipeline
-    python -m worker.soak --minutes 2 --rate 50
+    python -m bertstream.soak                      # 30 minutes, embedded broker + Redis, light pipeline
+    python -m bertstream.soak --minutes 2 --rate 50
 
 Starts a real worker process (`bertstream worker`), measures its peak rate with a burst (unless
 --rate is given), then streams at half of it. Every --sample-s it records the worker's RSS and the
@@ -38,7 +38,7 @@ TEXTS = [
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m worker.soak", description=__doc__.split("\n\n")[0],
+    p = argparse.ArgumentParser(prog="python -m bertstream.soak", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--minutes", type=float, default=30.0, help="how long to stream")
     p.add_argument("--rate", type=float, default=0.0, help="events per second; 0: half the peak rate measured first")
@@ -129,9 +129,9 @@ class Feeder:
 
 def soak(args: argparse.Namespace) -> dict[str, Any]:
     from worker.config import load_settings
-    from worker.harness import proc_memory_mb, services, start_ready_worker, worker_env
-    from worker.kafka_admin import ensure_topics
-    from worker.procutil import free_port
+    from bertstream.devservices.stack import proc_memory_mb, services, start_ready_worker, worker_env
+    from worker.connection import ensure_topics
+    from bertstream.devservices.process import free_port
 
     run = uuid.uuid4().hex[:8]
     echo = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731

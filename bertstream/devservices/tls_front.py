@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from worker.procutil import EmbeddedProcess
+from bertstream.devservices.process import EmbeddedProcess
 
 
 @dataclass(frozen=True)

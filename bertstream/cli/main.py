@@ -31,7 +31,7 @@ def _clear_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         from pipelines.registry import ModelNotFoundError
-        from worker.services import ServiceUnavailable
+        from worker.startup import ServiceUnavailable
 
         try:
             return fn(*args, **kwargs)
@@ -92,7 +92,7 @@ def worker(pipeline_names: tuple[str, ...], brokers: str | None, redis_url: str 
     Stops gracefully on SIGTERM or Ctrl-C (the batch in flight is delivered and committed).
     """
     from worker.logs import setup_logging
-    from worker.services import check_broker, check_redis
+    from worker.startup import check_broker, check_redis
 
     settings = load_settings(kafka_brokers=brokers, redis_url=redis_url, pipelines_file=pipelines_file, model_dir=model_dir,
                          batch_size=batch_size, batch_window_s=batch_window_s, web_port=web_port)
@@ -143,7 +143,7 @@ def _lines(source: TextIO) -> Any:
 @_clear_errors
 def produce(source: TextIO, topic: str, fmt: str, brokers: str | None) -> None:
     """Send JSONL events or text lines from SOURCE (a file, or - for stdin) to a topic."""
-    from worker.feed import produce_lines
+    from bertstream.feed import produce_lines
 
     settings = load_settings(kafka_brokers=brokers)
     count = produce_lines(settings, topic, _lines(source), fmt)
@@ -159,7 +159,7 @@ def produce(source: TextIO, topic: str, fmt: str, brokers: str | None) -> None:
 @_clear_errors
 def tail(topic: str, brokers: str | None, from_beginning: bool, max_events: int, timeout: float) -> None:
     """Print the events of TOPIC, one per line."""
-    from worker.feed import tail_topic
+    from bertstream.feed import tail_topic
 
     settings = load_settings(kafka_brokers=brokers)
     for value in tail_topic(settings, topic, from_beginning=from_beginning, max_events=max_events, idle_timeout_s=timeout):
@@ -185,8 +185,8 @@ def broker(host: str, port: int, tls_cert: Path | None, tls_key: Path | None, tl
     import signal
     import time
 
-    from worker.embedded_broker import EmbeddedBroker
-    from worker.tls_front import TlsFiles
+    from bertstream.devservices.broker import EmbeddedBroker
+    from bertstream.devservices.tls_front import TlsFiles
 
     if (tls_cert is None) != (tls_key is None):
         raise click.UsageError("--tls-cert and --tls-key go together")
@@ -245,31 +245,13 @@ def demo(events: int, rows: int) -> None:
     Uses BERTSTREAM_KAFKA_BROKERS / BERTSTREAM_REDIS_URL when set, otherwise starts its own.
     Prints a table of results and a summary, then stops everything it started.
     """
-    from worker.demo import run_demo
+    from bertstream.demo.run import run_demo
 
     run_demo(events=events, rows=rows)
 
 
-# Commands that live in their own modules, imported only when the module exists.
-_MODULE_COMMANDS = {"pipelines.commands": "COMMANDS", "worker.bench": "bench", "worker.status": "status"}
-
-
-def _attach_module_commands() -> None:
-    import importlib
-
-    for module_name, attribute in _MODULE_COMMANDS.items():
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as exc:
-            if exc.name != module_name:
-                raise
-            continue
-        found = getattr(module, attribute)
-        for command in found if isinstance(found, list) else [found]:
-            cli.add_command(command)
-
-
-_attach_module_commands()
+for command in [*training.COMMANDS, bench, status]:
+    cli.add_command(command)
 
 
 def main() -> None:

@@ -11,11 +11,12 @@ import redis
 from kafka.errors import KafkaError
 
 from worker.config import Settings
-from worker.kafka_admin import ensure_topics, ssl_context
+from worker.errors import StartupError
+from worker.connection import ensure_topics, ssl_context
 from worker.logs import redact
 
 
-class ServiceUnavailable(RuntimeError):
+class ServiceUnavailable(StartupError):
     pass
 
 

@@ -16,12 +16,12 @@ import click
 from tqdm import tqdm
 
 from worker.config import Pipeline, load_pipelines, load_settings
-from worker.feed import make_consumer, make_producer
-from worker.harness import services, start_ready_worker, worker_env
-from worker.procutil import free_port
-from worker.runner import WorkerStartError
+from bertstream.feed import make_consumer, make_producer
+from bertstream.devservices.stack import services, start_ready_worker, worker_env
+from bertstream.devservices.process import free_port
+from bertstream.devservices.worker_process import WorkerStartError
 
-DEMO_DATA = Path(__file__).resolve().parent / "demo_data"
+from bertstream.demo import DATA as DEMO_DATA
 
 
 @dataclass

@@ -10,8 +10,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from urllib.parse import quote
 
-from worker.procutil import EmbeddedProcess
-from worker.tls_front import TlsFiles
+from bertstream.devservices.process import EmbeddedProcess
+from bertstream.devservices.tls_front import TlsFiles
 
 
 def redis_server_binary() -> Path:

@@ -2,13 +2,13 @@
 
 On the same events, model and heads:
 
-- A  the naive loop a user writes first (worker/bench_baseline.py), on a subset;
+- A  the naive loop a user writes first (bertstream/bench/baseline.py), on a subset;
 - B  model only: `Classifier.predict` on in-memory texts at the default precision, with fp32,
-     int8 and bf16 at batch 64, a batch-size sweep, short vs long texts (worker/bench_model.py);
+     int8 and bf16 at batch 64, a batch-size sweep, short vs long texts (bertstream/bench/model.py);
 - C  the real worker process end to end, cold cache, events produced up front;
 - D  the same texts again (new ids), warm cache;
 - latency at paced offered loads (fractions of C), throughput vs number of events, long texts
-  end to end, the worker's peak RSS (worker/bench_stream.py);
+  end to end, the worker's peak RSS (bertstream/bench/stream.py);
 - accuracy parity of the fast numerics against fp32 on labelled test splits.
 
 Everything printed is measured in the run. Writes a JSON report and a PNG beside it.
@@ -84,12 +84,12 @@ def run_bench(out: Path, events: int | None = None, quick: bool = False, heads: 
               base_sized: bool = True, log: Any = None) -> dict[str, Any]:
     from pipelines.numerics import resolve_device, resolve_precision
     from pipelines.registry import task_name
-    from worker import bench_data
-    from worker.bench_model import run_model_suite
-    from worker.bench_report import format_table, ratios, targets, write_report
-    from worker.bench_stream import run_stream_suite
+    from bertstream.bench import data as bench_data
+    from bertstream.bench.model import run_model_suite
+    from bertstream.bench.report import format_table, ratios, targets, write_report
+    from bertstream.bench.stream import run_stream_suite
     from worker.config import load_settings
-    from worker.harness import services
+    from bertstream.devservices.stack import services
 
     started = time.perf_counter()
     echo = log or (lambda m: click.echo(f"[{time.perf_counter() - started:6.1f}s] {m}", err=True))
@@ -115,7 +115,7 @@ def run_bench(out: Path, events: int | None = None, quick: bool = False, heads: 
         brokers, redis_url, embedded = services(stack, echo, brokers, redis_url)
         report["meta"]["embedded"] = embedded
         if not skip_baseline:
-            from worker.bench_baseline import run_baseline
+            from bertstream.bench.baseline import run_baseline
 
             echo(f"A: naive loop on {sizes['baseline']} events")
             report["A"] = run_baseline(brokers, heads, bench_data.events(short[: sizes["baseline"]], f"{run}-a"),
@@ -136,7 +136,7 @@ def run_bench(out: Path, events: int | None = None, quick: bool = False, heads: 
         report["meta"]["torch_threads_model_only"] = torch.get_num_threads()
         report["model_only"] = model
         if base_sized:
-            from worker.bench_base import run_base_suite
+            from bertstream.bench.base import run_base_suite
 
             base_precisions = list(dict.fromkeys(["fp32", default_precision] + ([] if device.type == "cpu" else ["fp16", "bf16"])))
             report["base_sized"] = run_base_suite(heads, tasks, short, str(device), base_precisions, settings.batch_size,
@@ -144,7 +144,7 @@ def run_bench(out: Path, events: int | None = None, quick: bool = False, heads: 
         stream = run_stream_suite(brokers, redis_url, heads, bench_data.short_texts, bench_data.long_texts, sizes["events"],
                                   sizes["long_e2e"], sizes["scaling"], sizes["loads"], sizes["load_seconds"], log=echo)
         # B again, after the stream: how much the machine's load drifted between B and C.
-        from worker.bench_model import load_classifier, throughput
+        from bertstream.bench.model import load_classifier, throughput
 
         echo("model only: B again (drift check)")
         again = load_classifier(default_precision, heads)

@@ -16,8 +16,8 @@ from collections.abc import Callable
 from contextlib import ExitStack
 from pathlib import Path
 
-from worker.procutil import stop_process_group
-from worker.runner import start_worker_process, wait_ready
+from bertstream.devservices.process import stop_process_group
+from bertstream.devservices.worker_process import start_worker_process, wait_ready
 
 
 def services(stack: ExitStack, echo: Callable[[str], None] = lambda message: None,
@@ -33,12 +33,12 @@ def services(stack: ExitStack, echo: Callable[[str], None] = lambda message: Non
     redis_url = redis_url or os.environ.get("BERTSTREAM_REDIS_URL")
     embedded = {"broker": not brokers, "redis": not redis_url}
     if not brokers:
-        from worker.embedded_broker import EmbeddedBroker
+        from bertstream.devservices.broker import EmbeddedBroker
 
         echo("starting the embedded Kafka-protocol broker (tansu)…")
         brokers = stack.enter_context(EmbeddedBroker()).bootstrap
     if not redis_url:
-        from worker.embedded_redis import EmbeddedRedis
+        from bertstream.devservices.redis_server import EmbeddedRedis
 
         echo("starting a Redis of our own…")
         redis_url = stack.enter_context(EmbeddedRedis()).url
@@ -57,7 +57,7 @@ def start_ready_worker(stack: ExitStack, env: dict[str, str], pipelines: list[st
                        timeout_s: float = 300, tick: Callable[[], None] = lambda: None) -> subprocess.Popen[bytes]:
     """A worker child process, ready (/readyz), stopped (SIGTERM, then SIGKILL) when `stack` closes.
 
-    Raises worker.runner.WorkerStartError with the log tail when it dies or is not ready in time.
+    Raises bertstream.devservices.worker_process.WorkerStartError with the log tail when it dies or is not ready in time.
     """
     proc = start_worker_process(env, pipelines, log_path)
     stack.callback(stop_process_group, proc, 30.0)

@@ -9,7 +9,7 @@ import urllib.request
 from pathlib import Path
 from typing import Callable
 
-from worker.procutil import log_tail
+from bertstream.devservices.process import log_tail
 
 
 class WorkerStartError(RuntimeError):
@@ -17,7 +17,7 @@ class WorkerStartError(RuntimeError):
 
 
 def start_worker_process(env: dict[str, str], pipelines: list[str], log_path: Path) -> subprocess.Popen[bytes]:
-    args = [sys.executable, "-m", "worker.cli", "worker"]
+    args = [sys.executable, "-m", "bertstream.cli.main", "worker"]
     for name in pipelines:
         args += ["--pipeline", name]
     with open(log_path, "ab") as log:

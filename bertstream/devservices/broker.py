@@ -2,7 +2,7 @@
 
 tansu 0.6.0 keeps everything in memory: nothing survives ``stop()``/``restart()``. Production and
 docker-compose use Apache Kafka. See DESIGN.md "Environment facts" for what tansu does not support.
-tansu 0.6.0 cannot serve TLS itself, so with ``tls`` a socat front (``worker.tls_front``) terminates it.
+tansu 0.6.0 cannot serve TLS itself, so with ``tls`` a socat front (``bertstream.devservices.tls_front``) terminates it.
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Self
 
-from worker.procutil import EmbeddedProcess, free_port
-from worker.tls_front import TlsFiles, TlsFront
+from bertstream.devservices.process import EmbeddedProcess, free_port
+from bertstream.devservices.tls_front import TlsFiles, TlsFront
 
 # Environment variables tansu reads as defaults for its options; scrubbed so that the command line
 # below is the whole configuration.

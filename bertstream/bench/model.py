@@ -8,12 +8,12 @@ from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Callable
 from typing import Any
 
-from worker.bench_data import EvalSet
+from bertstream.bench.data import EvalSet
 
 
 def load_classifier(precision: str, heads: list[str]) -> Any:
-    """The worker's own loading path (worker.cli.build_classifier) at a given precision."""
-    from worker.cli import build_classifier
+    """The worker's own loading path (bertstream.cli.main.build_classifier) at a given precision."""
+    from bertstream.cli.main import build_classifier
     from worker.config import load_settings
 
     return build_classifier(load_settings(precision=precision), heads)
@@ -118,7 +118,7 @@ def run_model_suite(heads: list[str], tasks: list[str], short: list[str], long: 
     default = classifiers[order[0]] if order[0] in classifiers else next(iter(classifiers.values()))
     info = {"device": str(default.encoder.device), "precision": default.encoder.precision, "model": default.encoder.name,
             "model_version": default.version(tasks), "model_instances": default.encoder.instances}
-    from worker.bench_data import mean_tokens
+    from bertstream.bench.data import mean_tokens
 
     results["tokens"] = {"short_mean": round(mean_tokens(default.encoder.tokenizer, short), 1),
                          "long_mean": round(mean_tokens(default.encoder.tokenizer, long), 1)}

@@ -9,7 +9,7 @@ from typing import Iterable, Iterator
 from kafka import KafkaConsumer, KafkaProducer
 
 from worker.config import Settings
-from worker.kafka_admin import client_kwargs
+from worker.connection import client_kwargs
 
 
 def as_event_bytes(line: str, fmt: str) -> bytes:

@@ -203,15 +203,3 @@ def eval_defaults_command(out_dir: str, markdown: str | None, provenance: bool, 
 
 
 COMMANDS = [data_command, train_command, eval_command, eval_defaults_command]
-
-
-@click.group("bertstream-pipelines")
-def main() -> None:
-    """The model-side commands alone (the `bertstream` CLI includes them too)."""
-
-
-for _command in COMMANDS:
-    main.add_command(_command)
-
-if __name__ == "__main__":
-    main()

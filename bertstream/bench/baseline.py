@@ -51,7 +51,7 @@ def run_baseline(brokers: str, heads: list[str], values: list[tuple[str, bytes]]
     from pipelines.heads import load_head
     from pipelines.registry import default_model_dir, resolve_head_dir, task_name
     from worker.config import load_settings
-    from worker.kafka_admin import ensure_topics
+    from worker.connection import ensure_topics
 
     settings = load_settings(kafka_brokers=brokers)
     if settings.threads > 0:  # the same thread setting as our engine (BERTSTREAM_THREADS)

@@ -1,7 +1,7 @@
 """The benchmark's texts and eval sets, built deterministically from the demo data.
 
-- short: news-like headlines (the first sentence of each worker/demo_data/news.jsonl item);
-- long: email-like texts of several hundred tokens (paragraphs of worker/demo_data/email.jsonl,
+- short: news-like headlines (the first sentence of each bertstream/demo/data/news.jsonl item);
+- long: email-like texts of several hundred tokens (paragraphs of bertstream/demo/data/email.jsonl,
   with a greeting and a sign-off), several 256-token windows each;
 - every text of a run ends with a reference tag (run id + index), so that a Redis which already
   holds results of an earlier run cannot warm the cold-cache figures.
@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-DEMO_DATA = Path(__file__).resolve().parent / "demo_data"
+from bertstream.demo import DATA as DEMO_DATA
 
 _SENTENCE = re.compile(r"(?<=[.!?])\s+")
 

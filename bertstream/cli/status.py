@@ -29,7 +29,7 @@ def committed_offsets(settings: Settings, group_id: str) -> dict[tuple[str, int]
     """The group's committed offsets, {(topic, partition): offset}; empty when it committed nothing."""
     from kafka import KafkaAdminClient
 
-    from worker.kafka_admin import client_kwargs
+    from worker.connection import client_kwargs
 
     admin = KafkaAdminClient(request_timeout_ms=10000, bootstrap_timeout_ms=10000, **client_kwargs(settings))
     try:
@@ -52,7 +52,7 @@ def high_watermarks(settings: Settings, topics: Iterable[str], timeout_s: float 
     """
     from kafka import KafkaConsumer, TopicPartition
 
-    from worker.kafka_admin import client_kwargs
+    from worker.connection import client_kwargs
 
     consumer = KafkaConsumer(group_id=None, enable_auto_commit=False, request_timeout_ms=10000, bootstrap_timeout_ms=10000,
                              max_partition_fetch_bytes=64 * 1024, **client_kwargs(settings))
@@ -273,7 +273,7 @@ def status(pipeline_names: tuple[str, ...], metrics_urls: tuple[str, ...], broke
                 message = f"{type(exc).__name__}: {message}"
             message = (f"cannot read offsets from the Kafka broker {settings.kafka_brokers} ({message}): "
                        "start one or set --brokers / BERTSTREAM_KAFKA_BROKERS")
-        from worker.cli import UserError  # here, not at the top: cli.py registers this command
+        from worker.errors import UserError
 
         raise UserError(message) from None
     if as_json:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from worker.bench_model import throughput
+from bertstream.bench.model import throughput
 
 
 def base_sized_classifier(precision: str, heads: list[str], device: str, instances: int = 1) -> Any:

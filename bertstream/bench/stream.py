@@ -1,6 +1,6 @@
 """C and D: the real worker process end to end, plus latency at a paced offered load.
 
-One worker child process (worker.harness.start_ready_worker) runs a pipeline of the bench's own
+One worker child process (bertstream.devservices.stack.start_ready_worker) runs a pipeline of the bench's own
 (fresh topics, a unique consumer group) against the real broker and Redis. A collector thread
 reads the output and dead-letter topics by partition assignment (no group join) and stamps every
 output id with its arrival time; every phase produces its events, then waits for their ids.
@@ -20,9 +20,9 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any, Self
 
-from worker.bench_data import events as make_events
-from worker.harness import peak_rss_mb, start_ready_worker, worker_env
-from worker.procutil import free_port, log_tail
+from bertstream.bench.data import events as make_events
+from bertstream.devservices.stack import peak_rss_mb, start_ready_worker, worker_env
+from bertstream.devservices.process import free_port, log_tail
 
 
 def percentiles(values: list[float], qs: tuple[float, ...] = (50, 95, 99)) -> dict[str, float]:
@@ -163,7 +163,7 @@ class StreamBench:
         self.producer = KafkaProducer(bootstrap_servers=self.brokers.split(","), acks="all", linger_ms=5)
         self._stack.callback(self.producer.close)
         # Warm-up: the group is joined and every path has run once before anything is timed.
-        from worker.bench_data import short_texts
+        from bertstream.bench.data import short_texts
 
         self.burst(short_texts(16, f"{self.run_id}-warmup"), "warmup")
 

@@ -1,0 +1,1 @@
+"""The `bertstream` command line: the top floor, imported by nothing else."""
