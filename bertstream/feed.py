@@ -9,7 +9,7 @@ from typing import Iterable, Iterator
 from kafka import KafkaConsumer, KafkaProducer
 
 from worker.config import Settings
-from worker.connection import client_kwargs
+from worker.connection import KafkaConnection
 
 
 def as_event_bytes(line: str, fmt: str) -> bytes:
@@ -20,7 +20,7 @@ def as_event_bytes(line: str, fmt: str) -> bytes:
 
 
 def make_producer(settings: Settings) -> KafkaProducer:
-    return KafkaProducer(acks="all", linger_ms=5, **client_kwargs(settings))
+    return KafkaProducer(acks="all", linger_ms=5, **KafkaConnection.from_settings(settings).kafka_python())
 
 
 def produce_lines(settings: Settings, topic: str, lines: Iterable[str], fmt: str = "auto") -> int:
@@ -44,7 +44,7 @@ def make_consumer(settings: Settings, topics: list[str], *, from_beginning: bool
         enable_auto_commit=False,
         session_timeout_ms=6000,
         heartbeat_interval_ms=1000,
-        **client_kwargs(settings),
+        **KafkaConnection.from_settings(settings).kafka_python(),
     )
 
 

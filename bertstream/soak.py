@@ -24,6 +24,8 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
+from worker.connection import KafkaConnection
+
 DEFAULT_HEADS = "spam,sentiment"
 TEXTS = [
     "Shares of the chip maker jumped after strong quarterly results",
@@ -64,9 +66,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 class Reader(threading.Thread):
     """Counts outputs (ids) and dead letters of the soak topics."""
 
-    def __init__(self, bootstrap: str, topics: list[str], dead_topic: str) -> None:
+    def __init__(self, kafka: KafkaConnection, topics: list[str], dead_topic: str) -> None:
         super().__init__(daemon=True, name="soak-reader")
-        self.bootstrap, self.topics, self.dead_topic = bootstrap, topics, dead_topic
+        self.kafka, self.topics, self.dead_topic = kafka, topics, dead_topic
         self.ids: set[str] = set()
         self.outputs = 0
         self.dead = 0
@@ -76,7 +78,7 @@ class Reader(threading.Thread):
     def run(self) -> None:
         from kafka import KafkaConsumer
 
-        consumer = KafkaConsumer(*self.topics, bootstrap_servers=self.bootstrap, group_id=f"soak-reader-{uuid.uuid4().hex[:6]}",
+        consumer = KafkaConsumer(*self.topics, **self.kafka.kafka_python(), group_id=f"soak-reader-{uuid.uuid4().hex[:6]}",
                                  auto_offset_reset="earliest", enable_auto_commit=False, session_timeout_ms=6000,
                                  heartbeat_interval_ms=1000)
         try:
@@ -98,10 +100,10 @@ class Reader(threading.Thread):
 
 
 class Feeder:
-    def __init__(self, bootstrap: str, topic: str, run: str, distinct: int, bad_every: int) -> None:
+    def __init__(self, kafka: KafkaConnection, topic: str, run: str, distinct: int, bad_every: int) -> None:
         from kafka import KafkaProducer
 
-        self.producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5)
+        self.producer = KafkaProducer(acks="all", linger_ms=5, **kafka.kafka_python())
         self.topic, self.run, self.distinct, self.bad_every = topic, run, distinct, bad_every
         self.sent = 0
         self.good_ids: list[str] = []
@@ -128,7 +130,6 @@ class Feeder:
 
 
 def soak(args: argparse.Namespace) -> dict[str, Any]:
-    from worker.config import load_settings
     from bertstream.devservices.stack import proc_memory_mb, services, start_ready_worker, worker_env
     from worker.connection import ensure_topics
     from bertstream.devservices.process import free_port
@@ -136,25 +137,25 @@ def soak(args: argparse.Namespace) -> dict[str, Any]:
     run = uuid.uuid4().hex[:8]
     echo = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
     with ExitStack() as stack:
-        brokers, redis_url, _ = services(stack, echo, args.brokers, args.redis_url)
+        kafka, redis_url, _ = services(stack, echo, args.brokers, args.redis_url)
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bertstream-soak-")))
         topics = {k: f"soak-{run}-{k}" for k in ("in", "out", "dead")}
         heads = [h.strip() for h in args.heads.split(",") if h.strip()]
         pipelines = tmp / "pipelines.toml"
         pipelines.write_text(f'[pipelines.soak]\ninput = "{topics["in"]}"\noutput = "{topics["out"]}"\n'
                              f'dead_letter = "{topics["dead"]}"\nheads = {json.dumps(heads)}\n')
-        ensure_topics(load_settings(kafka_brokers=brokers, kafka_partitions=args.partitions), list(topics.values()))
+        ensure_topics(kafka, list(topics.values()), args.partitions)
         port = free_port()
-        env = worker_env(brokers, redis_url, f"soak-{run}", port, pipelines_file=str(pipelines), session_timeout_s="6")
+        env = worker_env(kafka.bootstrap, redis_url, f"soak-{run}", port, pipelines_file=str(pipelines), session_timeout_s="6")
         log_path = Path(args.out).with_suffix(".worker.log")
         log_path.parent.mkdir(parents=True, exist_ok=True)
         log_path.write_bytes(b"")
         echo(f"starting the worker (log: {log_path})…")
         proc = start_ready_worker(stack, env, ["soak"], log_path, port)
-        reader = Reader(brokers, [topics["out"], topics["dead"]], topics["dead"])
+        reader = Reader(kafka, [topics["out"], topics["dead"]], topics["dead"])
         reader.start()
         stack.callback(reader.stop.set)
-        feeder = Feeder(brokers, topics["in"], run, args.distinct, args.bad_every)
+        feeder = Feeder(kafka, topics["in"], run, args.distinct, args.bad_every)
 
         peak = None
         rate = args.rate

@@ -1,5 +1,6 @@
 """Draw docs/architecture.png from the source: the pipelines and topics of worker/pipelines.toml,
-the worker's stages (worker/app.py, worker/processor.py), Redis, and the metrics endpoint.
+the worker's stages (worker/app.py, worker/processor.py, the model instances of
+worker/model_pool.py), Redis, and the metrics endpoint.
 
     .venv/bin/python docs/gen_architecture.py [--pipelines-file FILE] [--out docs/architecture.png]
 """

@@ -1,24 +1,15 @@
-"""The one interface the worker calls: texts in, per-task results out."""
+"""The encoder and its task heads behind the model boundary (`pipelines.model.Model`)."""
 from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 
 from pipelines.encoder import Encoder, Windows
 from pipelines.heads import Head, load_head
+from pipelines.model import Prediction
 from pipelines.registry import ModelNotFoundError, resolve_head_dir, task_name
-
-TaskResult = dict[str, Any]  # {"label": str, "score": float, "scores": {label: prob}}
-
-
-@dataclass
-class Prediction:
-    results: dict[str, TaskResult]
-    truncated: bool
-
 
 @dataclass
 class Prepared:
@@ -28,6 +19,9 @@ class Prepared:
 
 class Classifier:
     """One shared encoder pass feeds every head."""
+
+    name: str
+    instances: int
 
     def __init__(self, encoder: Encoder, heads: dict[str, Head], head_versions: dict[str, str] | None = None) -> None:
         if not heads:
@@ -39,6 +33,8 @@ class Classifier:
                     "train it on this model with `bertstream train`"
                 )
         self.encoder = encoder
+        self.name = encoder.name
+        self.instances = encoder.instances
         self.heads = {name: head.eval() for name, head in heads.items()}
         self.layers = tuple(sorted({layer for h in heads.values() for layer in h.spec.layers}))
         versions = head_versions or {name: "in-memory" for name in heads}
@@ -69,6 +65,10 @@ class Classifier:
     def predict(self, texts: list[str], tasks: list[str] | None = None) -> list[Prediction]:
         self._check(tasks)
         return self.run(self.prepare(texts), tasks)
+
+    def describe(self) -> dict[str, str | int]:
+        e = self.encoder
+        return {"device": str(e.device), "precision": e.precision, "model_instances": e.instances, "threads": e.threads}
 
     def warm_up(self) -> None:
         """One small batch through every head, so that the first real batch is not slow."""

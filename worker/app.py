@@ -2,32 +2,34 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import threading
 import time
 from collections import deque
-from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import faust
 import redis.asyncio as aioredis
 import structlog
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from pipelines import Classifier
+from pipelines.model import Model
 from worker import metrics
 from worker.cache import ResultCache
 from worker.codec import Source
 from worker.config import Pipeline, Settings
+from worker.connection import KafkaConnection
 from worker.faust_transport import Transport
-from worker.connection import ssl_context
+from worker.limits import PRODUCER_MAX_REQUEST_BYTES
+from worker.model_pool import ModelPool
 from worker.processor import BatchProcessor, Outgoing, Record
 from worker.reload import ModelReloader
 
 log = structlog.get_logger(__name__)
 
 SEND_RETRY_S = 1.0
-PRODUCER_MAX_REQUEST_BYTES = 1_048_576  # over processor.MAX_MESSAGE_BYTES; Kafka's default message.max.bytes
 PRODUCER_REQUEST_TIMEOUT_S = 30.0  # a delivery that hangs this long fails and the batch is sent again
 EXIT_SHUTDOWN_TIMEOUT = 3  # exit code when batches in flight could not be delivered within the grace period
 
@@ -61,23 +63,11 @@ class App(faust.App):
 
 
 def logging_flush() -> None:
-    import logging
-
     for handler in logging.getLogger().handlers:
         try:
             handler.flush()
         except Exception:  # noqa: BLE001
             pass
-
-
-def _credentials(settings: Settings) -> Any:
-    context = ssl_context(settings)
-    if settings.kafka_sasl_mechanism:
-        password = settings.kafka_sasl_password.get_secret_value() if settings.kafka_sasl_password else ""
-        return faust.SASLCredentials(
-            username=settings.kafka_sasl_username, password=password, ssl_context=context, mechanism=settings.kafka_sasl_mechanism
-        )
-    return faust.SSLCredentials(context) if context else None
 
 
 def _on_redis_degraded(degraded: bool, reason: str) -> None:
@@ -89,41 +79,33 @@ def _on_redis_degraded(degraded: bool, reason: str) -> None:
 
 
 class WorkerApp:
-    """Builds the Faust app around a loaded classifier; `app` is what a faust.Worker runs."""
+    """Builds the Faust app around a loaded model; `app` is what a faust.Worker runs."""
 
     def __init__(
         self,
         settings: Settings,
         pipelines: list[Pipeline],
-        classifier: Classifier,
-        reloader: Callable[[Callable[[Classifier], None]], ModelReloader] | None = None,
+        model: Model,
+        reloader: Callable[[Callable[[Model], None]], ModelReloader] | None = None,
     ) -> None:
         self.settings = settings
         self.pipelines = pipelines
-        self.classifier = classifier
+        self.model = model
         self.processors: list[BatchProcessor] = []
         self._pipeline_by_input = {p.input: p.name for p in pipelines}
         self._processed: dict[tuple[str, int], int] = {}  # next offset after the last acked, per input partition
         self._lag_labels: set[tuple[str, str, str]] = set()
         self._joined = False
-        # One thread per model instance: torch releases the GIL, the event loop stays free.
-        self.instances = classifier.encoder.instances
-        self.executor = ThreadPoolExecutor(max_workers=self.instances, thread_name_prefix="model")
-        # Idle model instances per pipeline: its agent takes a batch only when one is free. Not one
-        # pool for all: an agent holds a slot while it waits for events, so an idle pipeline would
-        # keep an instance from a busy one. Busy pipelines' batches queue for the shared threads.
-        self.model_free = {p.name: asyncio.Semaphore(self.instances) for p in pipelines}
-        # Batches in flight per pipeline: one in the model per instance, one delivering.
-        self.max_in_flight = self.instances + 1
-        self.tokenizer_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tokenizer")
+        self.pool = ModelPool(model.instances, [p.name for p in pipelines])
         client = aioredis.from_url(
             settings.redis_url.get_secret_value(), socket_timeout=2, socket_connect_timeout=2, health_check_interval=10
         ) if settings.cache_ttl_s > 0 else None
         self.cache = ResultCache(client, settings.cache_ttl_s, _on_redis_degraded)
+        kafka = KafkaConnection.from_settings(settings)
         self.app = App(
             settings.group_id,
-            broker=";".join(f"kafka://{b}" for b in settings.kafka_brokers.split(",")),
-            broker_credentials=_credentials(settings),
+            broker=kafka.faust_broker(),
+            broker_credentials=kafka.faust_credentials(),
             broker_session_timeout=settings.session_timeout_s,
             broker_heartbeat_interval=settings.heartbeat_s,
             consumer_auto_offset_reset="earliest",
@@ -149,14 +131,14 @@ class WorkerApp:
 
         self.reloader = reloader(self.use) if reloader else None
         self._add_timers()
-        metrics.MODEL_INFO.info({"name": classifier.encoder.name, "version": classifier.version()})
+        metrics.MODEL_INFO.info({"name": model.name, "version": model.version()})
 
-    def use(self, classifier: Classifier) -> None:
-        """Swap in a new, warm classifier: batches already started finish with the old one."""
-        self.classifier = classifier
+    def use(self, model: Model) -> None:
+        """Swap in a new, warm model: batches already started finish with the old one."""
+        self.model = model
         for processor in self.processors:
-            processor.use(classifier)
-        metrics.MODEL_INFO.info({"name": classifier.encoder.name, "version": classifier.version()})
+            processor.use(model)
+        metrics.MODEL_INFO.info({"name": model.name, "version": model.version()})
 
     def _add_timers(self) -> None:
         @self.app.timer(interval=self.settings.lag_interval_s)
@@ -204,29 +186,27 @@ class WorkerApp:
         return self.app.topic(name, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw")
 
     def _add_agent(self, pipeline: Pipeline) -> None:
-        processor = BatchProcessor(pipeline, self.classifier, self.cache, self.executor, self.settings.max_event_bytes,
-                                   tokenizer_executor=self.tokenizer_executor, model_free=self.model_free[pipeline.name])
+        processor = BatchProcessor(pipeline, self.model, self.cache, self.pool, self.settings.max_event_bytes)
         self.processors.append(processor)
-        settings = self.settings
+        settings, pool, name = self.settings, self.pool, pipeline.name
 
         async def agent(stream: faust.StreamT) -> None:
             in_flight: deque[asyncio.Task[None]] = deque()
             previous: asyncio.Event | None = None
-            model_free = self.model_free[pipeline.name]
             try:
-                await model_free.acquire()
+                await pool.acquire(name)
                 async for events in stream.noack_take(settings.batch_size, within=settings.batch_window_s):
                     delivered = asyncio.Event()
                     in_flight.append(asyncio.ensure_future(
-                        self._handle(stream, processor, events, previous, delivered, model_free.release)))
+                        self._handle(stream, processor, events, previous, delivered, lambda: pool.release(name))))
                     previous = delivered
                     # The next batch is taken only once a model instance is free, so it grows while
                     # they are busy (big batches under load, small ones when idle), and while
                     # max_in_flight batches are undelivered. Meanwhile Faust's buffer fills and the
                     # consumer pauses (backpressure). A stop never cancels a batch: the task
                     # leaves the deque only once done, so `finally` still waits for it.
-                    await model_free.acquire()
-                    while in_flight and (in_flight[0].done() or len(in_flight) >= self.max_in_flight):
+                    await pool.acquire(name)
+                    while in_flight and (in_flight[0].done() or len(in_flight) >= pool.max_in_flight):
                         await asyncio.shield(in_flight[0])
                         in_flight.popleft()
             finally:
@@ -326,7 +306,7 @@ class WorkerApp:
                 "redis": redis_ok,
             }
             ready = all(checks.values())
-            return web.json({"ready": ready, "checks": checks, "model": self.classifier.version()}, status=200 if ready else 503)
+            return web.json({"ready": ready, "checks": checks, "model": self.model.version()}, status=200 if ready else 503)
 
         @self.app.page("/metrics")
         async def prometheus(web: Any, request: Any) -> Any:

@@ -19,10 +19,7 @@ import unicodedata
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-MAX_ID_CHARS = 256
-MAX_DEPTH = 32
-DEAD_LETTER_MAX_BYTES = 900_000  # a dead letter never exceeds this: it always fits a ~1 MB Kafka message
-RAW_PREFIX_BYTES = 65_536  # what a clipped dead letter keeps of the original bytes
+from worker.limits import DEAD_LETTER_MAX_BYTES, DEFAULT_MAX_EVENT_BYTES, MAX_DEPTH, MAX_ID_CHARS, RAW_PREFIX_BYTES
 
 
 @dataclass(frozen=True)
@@ -91,7 +88,7 @@ def _has_words(text: str) -> bool:
     return any(unicodedata.category(ch)[0] in "LN" for ch in text)
 
 
-def decode(raw: bytes | None, source: Source, max_bytes: int = 1_000_000) -> InputEvent:
+def decode(raw: bytes | None, source: Source, max_bytes: int = DEFAULT_MAX_EVENT_BYTES) -> InputEvent:
     """One validated input event, or a DecodeError with a precise code."""
     if raw is None or len(raw) == 0:
         raise DecodeError("empty_message", "the record has no value")

@@ -10,6 +10,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from pipelines.registry import task_name
 from worker.errors import StartupError
+from worker.limits import DEFAULT_MAX_EVENT_BYTES
 
 DEFAULT_PIPELINES_FILE = Path(__file__).resolve().parent / "pipelines.toml"
 
@@ -78,7 +79,7 @@ class Settings(BaseSettings):
     threads: int = Field(0, ge=0)  # torch intra-op threads per model instance; 0: cores / instances
     model_instances: int = Field(0, ge=0)  # batches in the model at once, one thread each; 0: one per core (1 on CUDA)
     max_windows: int = Field(8, ge=1)  # cap on 256-token windows read per text
-    max_event_bytes: int = Field(1_000_000, ge=1024)
+    max_event_bytes: int = Field(DEFAULT_MAX_EVENT_BYTES, ge=1024)
 
     batch_size: int = Field(64, ge=1)
     batch_window_s: float = Field(0.01, gt=0)

@@ -5,28 +5,20 @@ in input order, so that the caller can keep per-key order when it produces them.
 """
 from __future__ import annotations
 
-import asyncio
-import math
 import time
-from concurrent.futures import Executor
 from dataclasses import dataclass
 
 import structlog
 
-from pipelines import Classifier, Prediction
+from pipelines.model import Model
 from worker import metrics
 from worker.cache import ResultCache, cache_key, id_key
 from worker.codec import DecodeError, InputEvent, Source, decode, encode_dead_letter, encode_output
 from worker.config import Pipeline
+from worker.limits import DEFAULT_MAX_EVENT_BYTES, MAX_KEY_BYTES, MAX_MESSAGE_BYTES
+from worker.model_pool import ModelPool
 
 log = structlog.get_logger(__name__)
-
-# The largest message (key + value) the worker produces: under the producer's max_request_size
-# (set to 1 MiB in worker.app) and Kafka's default message.max.bytes (1,048,588). A bigger output
-# would fail delivery on every retry and stall its partition, so it becomes a dead letter.
-MAX_MESSAGE_BYTES = 1_000_000
-MAX_KEY_BYTES = 65_536  # a dead letter drops a bigger record key (the source offset identifies it)
-MIN_SPLIT_TEXTS = 8  # a batch is split across idle model instances into parts of at least this many texts
 
 # Dead-letter codes the processor adds to the codec's DecodeError codes.
 DUPLICATE_ID = "duplicate_id"  # an explicit id already claimed by another source record
@@ -53,9 +45,9 @@ class Outgoing:
 
 @dataclass(frozen=True)
 class LoadedModel:
-    """One classifier with its version: a batch uses one snapshot, even across a hot reload."""
+    """One model with its version: a batch uses one snapshot, even across a hot reload."""
 
-    classifier: Classifier
+    model: Model
     version: str
     meta: dict[str, str]
 
@@ -64,27 +56,21 @@ class BatchProcessor:
     def __init__(
         self,
         pipeline: Pipeline,
-        classifier: Classifier,
+        model: Model,
         cache: ResultCache,
-        executor: Executor,
-        max_event_bytes: int = 1_000_000,
-        tokenizer_executor: Executor | None = None,
-        model_free: asyncio.Semaphore | None = None,
+        pool: ModelPool,
+        max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES,
     ) -> None:
         self.pipeline = pipeline
-        # This pipeline's idle model instances behind `executor` (the worker's shared threads). The
-        # caller holds one for each batch it passes to `process`; a batch may borrow the idle ones.
-        self.model_free = model_free or asyncio.Semaphore(0)  # none to borrow
         self.cache = cache
-        self.executor = executor
-        self.tokenizer_executor = tokenizer_executor or executor
+        self.pool = pool  # the caller holds one of the pipeline's instances for each batch it passes on
         self.max_event_bytes = max_event_bytes
-        self.use(classifier)
+        self.use(model)
 
-    def use(self, classifier: Classifier) -> None:
+    def use(self, model: Model) -> None:
         """Swap the model (hot reload); batches already started finish with the old one."""
-        version = classifier.version(self.pipeline.tasks)
-        self.loaded = LoadedModel(classifier, version, {"name": classifier.encoder.name, "version": version})
+        version = model.version(self.pipeline.tasks)
+        self.loaded = LoadedModel(model, version, {"name": model.name, "version": version})
 
     @property
     def model_version(self) -> str:
@@ -192,7 +178,7 @@ class BatchProcessor:
         if misses:
             texts = [group[0].text for group in misses.values()]
             started = time.perf_counter()
-            predictions = await self._predict(texts, model.classifier)
+            predictions = await self.pool.predict(name, model.model, texts, self.pipeline.tasks)
             metrics.MODEL_SECONDS.labels(name).observe(time.perf_counter() - started)
             to_cache = {}
             for (key, group), prediction in zip(misses.items(), predictions):
@@ -203,44 +189,3 @@ class BatchProcessor:
                     found[event.source] = (prediction.results, prediction.truncated, False)
             await self.cache.set_many(to_cache)
         return found
-
-    async def _predict(self, texts: list[str], classifier: Classifier) -> list[Prediction | None]:
-        """A batch that finds other model instances idle is split across them, so that a light load
-        gets the latency of small batches; under load every instance is busy and each batch takes
-        one (the throughput of big batches)."""
-        borrowed = 0
-        while borrowed + 2 <= len(texts) // MIN_SPLIT_TEXTS and not self.model_free.locked():
-            await self.model_free.acquire()  # free now: does not wait
-            borrowed += 1
-        if not borrowed:
-            return await self._predict_on_one(texts, classifier)
-        try:
-            size = math.ceil(len(texts) / (borrowed + 1))
-            chunks = [texts[i:i + size] for i in range(0, len(texts), size)]
-            results = await asyncio.gather(*(self._predict_on_one(chunk, classifier) for chunk in chunks))
-        finally:
-            for _ in range(borrowed):
-                self.model_free.release()
-        return [prediction for result in results for prediction in result]
-
-    async def _predict_on_one(self, texts: list[str], classifier: Classifier) -> list[Prediction | None]:
-        """The model never runs on the event loop: heartbeats and commits keep flowing.
-
-        If a batch fails, each text is tried alone, so one poisonous event cannot stall the
-        stream: it gets None (and a dead letter) while the others are classified.
-        """
-        loop = asyncio.get_running_loop()
-        tasks = self.pipeline.tasks
-        try:
-            # Tokenize on its own thread (overlapping the model's work on the batch before), then
-            # run the model on a model instance's thread.
-            prepared = await loop.run_in_executor(self.tokenizer_executor, classifier.prepare, texts)
-            return list(await loop.run_in_executor(self.executor, classifier.run, prepared, tasks))
-        except Exception as exc:  # noqa: BLE001
-            log.error("model_failed", pipeline=self.pipeline.name, texts=len(texts), error=f"{type(exc).__name__}: {exc}")
-            if len(texts) == 1:
-                return [None]
-        out: list[Prediction | None] = []
-        for text in texts:
-            out += await self._predict_on_one([text], classifier)
-        return out

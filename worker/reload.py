@@ -13,7 +13,7 @@ from typing import Callable
 
 import structlog
 
-from pipelines import Classifier
+from pipelines.model import Model
 from worker import metrics
 
 log = structlog.get_logger(__name__)
@@ -34,9 +34,9 @@ def fingerprint(directories: list[Path]) -> Fingerprint:
 class ModelReloader:
     def __init__(
         self,
-        load: Callable[[], Classifier],
+        load: Callable[[], Model],
         directories: Callable[[], list[Path]],
-        apply: Callable[[Classifier], None],
+        apply: Callable[[Model], None],
     ) -> None:
         self._load = load
         self._directories = directories
@@ -49,10 +49,10 @@ class ModelReloader:
     def install_signal(self, loop: asyncio.AbstractEventLoop) -> None:
         loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(self.reload("SIGHUP")))
 
-    def _load_warm(self) -> Classifier:
-        classifier = self._load()
-        classifier.warm_up()
-        return classifier
+    def _load_warm(self) -> Model:
+        model = self._load()
+        model.warm_up()
+        return model
 
     async def reload(self, reason: str) -> bool:
         async with self._lock:

@@ -12,7 +12,7 @@ from kafka.errors import KafkaError
 
 from worker.config import Settings
 from worker.errors import StartupError
-from worker.connection import ensure_topics, ssl_context
+from worker.connection import KafkaConnection, ensure_topics
 from worker.logs import redact
 
 
@@ -22,12 +22,13 @@ class ServiceUnavailable(StartupError):
 
 def check_broker(settings: Settings, topics: list[str], timeout_s: float = 15.0) -> None:
     """Reach the broker and create the pipelines' topics where they are missing."""
+    conn = KafkaConnection.from_settings(settings)
     try:
         with _quiet("kafka"):
-            ensure_topics(settings, topics, timeout_s=timeout_s)
+            ensure_topics(conn, topics, settings.kafka_partitions, timeout_s=timeout_s)
     except (KafkaError, OSError, ValueError) as exc:
         raise ServiceUnavailable(
-            _tls_problem(settings)
+            _tls_problem(conn)
             or f"Kafka broker {settings.kafka_brokers} unreachable ({type(exc).__name__}): "
             "start one (`bertstream broker`) or set BERTSTREAM_KAFKA_BROKERS"
         ) from None
@@ -45,13 +46,13 @@ def _quiet(logger_name: str) -> Iterator[None]:
         logger.setLevel(level)
 
 
-def _tls_problem(settings: Settings, timeout_s: float = 5.0) -> str | None:
+def _tls_problem(conn: KafkaConnection, timeout_s: float = 5.0) -> str | None:
     """Why a TLS connection to the first broker fails, in words, when TLS is the reason (else None)."""
-    if "SSL" not in settings.kafka_security_protocol:
+    if not conn.uses_tls:
         return None
-    host, _, port = settings.kafka_brokers.split(",")[0].strip().rpartition(":")
+    host, _, port = conn.brokers[0].rpartition(":")
     try:
-        context = ssl_context(settings)
+        context = conn.ssl_context()
     except (OSError, ssl.SSLError) as exc:
         return (f"cannot load the Kafka TLS files ({exc}): check BERTSTREAM_KAFKA_SSL_CAFILE, "
                 "BERTSTREAM_KAFKA_SSL_CERTFILE and BERTSTREAM_KAFKA_SSL_KEYFILE")

@@ -14,6 +14,8 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from worker.connection import KafkaConnection
+
 NOTE = ("kafka-python consumer loop; per message: transformers pipeline('feature-extraction') on the "
         "encoder directory (fp32, one text per call), mean pooling, our heads, one kafka-python send. "
         "text-classification would need a BertForSequenceClassification checkpoint; our heads sit on "
@@ -41,7 +43,7 @@ def _pipeline(model_dir: Path, layers: set[int], device: str) -> Any:
     return HiddenStates(model=model, tokenizer=AutoTokenizer.from_pretrained(str(model_dir)), device=device)
 
 
-def run_baseline(brokers: str, heads: list[str], values: list[tuple[str, bytes]], model_dir: Path | None,
+def run_baseline(kafka: KafkaConnection, heads: list[str], values: list[tuple[str, bytes]], model_dir: Path | None,
                  device: str = "cpu", timeout_s: float = 900) -> dict[str, Any]:
     """Produce `values` up front to a fresh topic, then time the naive loop from its first record
     to the flush of its last output."""
@@ -53,7 +55,7 @@ def run_baseline(brokers: str, heads: list[str], values: list[tuple[str, bytes]]
     from worker.config import load_settings
     from worker.connection import ensure_topics
 
-    settings = load_settings(kafka_brokers=brokers)
+    settings = load_settings()
     if settings.threads > 0:  # the same thread setting as our engine (BERTSTREAM_THREADS)
         torch.set_num_threads(settings.threads)
     model_dir = Path(model_dir) if model_dir else default_model_dir()
@@ -61,15 +63,15 @@ def run_baseline(brokers: str, heads: list[str], values: list[tuple[str, bytes]]
     layers = {layer for head in loaded.values() for layer in head.spec.layers}
     run = uuid.uuid4().hex[:8]
     topic_in, topic_out = f"bench-{run}-naive-in", f"bench-{run}-naive-out"
-    ensure_topics(settings, [topic_in, topic_out], partitions=1)
-    producer = KafkaProducer(bootstrap_servers=brokers.split(","), acks="all", linger_ms=5)
+    ensure_topics(kafka, [topic_in, topic_out], partitions=1)
+    producer = KafkaProducer(acks="all", linger_ms=5, **kafka.kafka_python())
     for _, value in values:
         producer.send(topic_in, value)
     producer.flush()
 
     pipe = _pipeline(model_dir, layers, device)
     pipe("warm-up")  # the model is loaded and has run once before the clock starts
-    consumer = KafkaConsumer(topic_in, bootstrap_servers=brokers.split(","), group_id=f"bench-naive-{run}",
+    consumer = KafkaConsumer(topic_in, **kafka.kafka_python(), group_id=f"bench-naive-{run}",
                              auto_offset_reset="earliest", session_timeout_ms=6000, heartbeat_interval_ms=1000)
     done = 0
     started = None

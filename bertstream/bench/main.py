@@ -112,13 +112,13 @@ def run_bench(out: Path, events: int | None = None, quick: bool = False, heads: 
         "quick": quick, "sizes": sizes, "threads_setting": settings.threads, "batch_size": settings.batch_size, "batch_window_s": settings.batch_window_s,
         "load_avg_at_start": list(os.getloadavg()), "run_id": run}}
     with ExitStack() as stack:
-        brokers, redis_url, embedded = services(stack, echo, brokers, redis_url)
+        kafka, redis_url, embedded = services(stack, echo, brokers, redis_url)
         report["meta"]["embedded"] = embedded
         if not skip_baseline:
             from bertstream.bench.baseline import run_baseline
 
             echo(f"A: naive loop on {sizes['baseline']} events")
-            report["A"] = run_baseline(brokers, heads, bench_data.events(short[: sizes["baseline"]], f"{run}-a"),
+            report["A"] = run_baseline(kafka, heads, bench_data.events(short[: sizes["baseline"]], f"{run}-a"),
                                        settings.model_dir, device=str(device))
         model = run_model_suite(heads + extra_heads, tasks, short, long, settings.batch_size, default_precision, precisions,
                                 sizes["sweep"], sizes["min_seconds"], evals,
@@ -141,7 +141,7 @@ def run_bench(out: Path, events: int | None = None, quick: bool = False, heads: 
             base_precisions = list(dict.fromkeys(["fp32", default_precision] + ([] if device.type == "cpu" else ["fp16", "bf16"])))
             report["base_sized"] = run_base_suite(heads, tasks, short, str(device), base_precisions, settings.batch_size,
                                                   sizes["min_seconds"], echo, instances=settings.model_instances)
-        stream = run_stream_suite(brokers, redis_url, heads, bench_data.short_texts, bench_data.long_texts, sizes["events"],
+        stream = run_stream_suite(kafka, redis_url, heads, bench_data.short_texts, bench_data.long_texts, sizes["events"],
                                   sizes["long_e2e"], sizes["scaling"], sizes["loads"], sizes["load_seconds"], log=echo)
         # B again, after the stream: how much the machine's load drifted between B and C.
         from bertstream.bench.model import load_classifier, throughput

@@ -12,11 +12,11 @@ from bertstream.bench.data import EvalSet
 
 
 def load_classifier(precision: str, heads: list[str]) -> Any:
-    """The worker's own loading path (bertstream.cli.main.build_classifier) at a given precision."""
-    from bertstream.cli.main import build_classifier
+    """The worker's own loading path (worker.model.build_model) at a given precision."""
+    from worker.model import build_model
     from worker.config import load_settings
 
-    return build_classifier(load_settings(precision=precision), heads)
+    return build_model(load_settings(precision=precision), heads)
 
 
 def throughput(classifier: Any, texts: list[str], tasks: list[str], batch: int, min_seconds: float,

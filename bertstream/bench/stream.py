@@ -23,6 +23,7 @@ from typing import Any, Self
 from bertstream.bench.data import events as make_events
 from bertstream.devservices.stack import peak_rss_mb, start_ready_worker, worker_env
 from bertstream.devservices.process import free_port, log_tail
+from worker.connection import KafkaConnection
 
 
 def percentiles(values: list[float], qs: tuple[float, ...] = (50, 95, 99)) -> dict[str, float]:
@@ -42,11 +43,11 @@ def percentiles(values: list[float], qs: tuple[float, ...] = (50, 95, 99)) -> di
 class _Collector(threading.Thread):
     """Arrival times of output ids (perf_counter), read by partition assignment from offset 0."""
 
-    def __init__(self, brokers: str, topics: list[str], dead_topic: str) -> None:
+    def __init__(self, kafka: KafkaConnection, topics: list[str], dead_topic: str) -> None:
         super().__init__(name="bench-collector", daemon=True)
         from kafka import KafkaConsumer, TopicPartition
 
-        self.consumer = KafkaConsumer(bootstrap_servers=brokers.split(","), group_id=None, enable_auto_commit=False,
+        self.consumer = KafkaConsumer(**kafka.kafka_python(), group_id=None, enable_auto_commit=False,
                                       fetch_max_wait_ms=10, max_poll_records=2000)
         parts = []
         for topic in topics + [dead_topic]:
@@ -116,9 +117,9 @@ class _Collector(threading.Thread):
 class StreamBench:
     """A worker child process and the bench's topics; use as a context manager."""
 
-    def __init__(self, brokers: str, redis_url: str, heads: list[str], log: Callable[[str], None] = lambda m: None,
+    def __init__(self, kafka: KafkaConnection, redis_url: str, heads: list[str], log: Callable[[str], None] = lambda m: None,
                  timeout_s: float = 600, worker_settings: dict[str, str] | None = None) -> None:
-        self.brokers, self.redis_url, self.heads, self.log = brokers, redis_url, heads, log
+        self.kafka, self.redis_url, self.heads, self.log = kafka, redis_url, heads, log
         self.timeout_s = timeout_s
         self.worker_settings = worker_settings or {}
         self.run_id = uuid.uuid4().hex[:8]
@@ -150,17 +151,17 @@ class StreamBench:
             for name, prefix in (("bench", ""), ("idle", "idle-"))
         ))
         self.web_port = free_port()
-        env = worker_env(self.brokers, self.redis_url, f"bertstream-bench-{self.run_id}", self.web_port,
+        env = worker_env(self.kafka.bootstrap, self.redis_url, f"bertstream-bench-{self.run_id}", self.web_port,
                          pipelines_file=str(pipelines_file), session_timeout_s="6", **self.worker_settings)
         self.log_path = self.workdir / "worker.log"
         self.log(f"end to end: starting the worker (log {self.log_path})")
         started = time.perf_counter()
         self.proc = start_ready_worker(self._stack, env, ["bench", "idle"], self.log_path, self.web_port, timeout_s=self.timeout_s)
         self.start_seconds = round(time.perf_counter() - started, 2)
-        self.collector = _Collector(self.brokers, [self.topics["out"]], self.topics["dead"])
+        self.collector = _Collector(self.kafka, [self.topics["out"]], self.topics["dead"])
         self.collector.start()
         self._stack.callback(self.collector.stop)
-        self.producer = KafkaProducer(bootstrap_servers=self.brokers.split(","), acks="all", linger_ms=5)
+        self.producer = KafkaProducer(acks="all", linger_ms=5, **self.kafka.kafka_python())
         self._stack.callback(self.producer.close)
         # Warm-up: the group is joined and every path has run once before anything is timed.
         from bertstream.bench.data import short_texts
@@ -262,13 +263,13 @@ def _worker_stats(before: dict[str, float], after: dict[str, float], seconds: fl
                        "batch_handling_seconds": round(handling, 4)}}
 
 
-def run_stream_suite(brokers: str, redis_url: str, heads: list[str], short: Callable[[int, str], list[str]],
+def run_stream_suite(kafka: KafkaConnection, redis_url: str, heads: list[str], short: Callable[[int, str], list[str]],
                      long: Callable[[int, str], list[str]], events: int, long_events: int, scaling: list[int],
                      load_fractions: list[float], load_seconds: float, log: Callable[[str], None] = lambda m: None,
                      timeout_s: float = 600, worker_settings: dict[str, str] | None = None) -> dict[str, Any]:
     """C (cold), D (warm), end-to-end long texts, events scaling, latency vs offered load, peak RSS."""
     out: dict[str, Any] = {}
-    with StreamBench(brokers, redis_url, heads, log, timeout_s, worker_settings) as bench:
+    with StreamBench(kafka, redis_url, heads, log, timeout_s, worker_settings) as bench:
         out["worker_start_seconds"] = bench.start_seconds
         tag = bench.run_id
         log(f"end to end: C, {events} short events, cold cache")

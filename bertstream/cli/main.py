@@ -2,68 +2,22 @@
 from __future__ import annotations
 
 import json
-import os
 import sys
 from pathlib import Path
-from typing import Any, Callable, TextIO
+from typing import Any, TextIO
 
 import click
 
-from worker.config import ConfigError, Settings, load_pipelines, load_settings, select_pipelines
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
-
-
-class UserError(click.ClickException):
-    """One clear line on stderr and exit code 2, no traceback."""
-
-    exit_code = 2
-
-    def show(self, file: Any = None) -> None:
-        click.echo(f"bertstream: error: {self.format_message()}", err=True)
+import worker.main
+from bertstream.bench.main import bench
+from bertstream.cli import training
+from bertstream.cli.status import status
+from worker.config import load_settings
+from worker.errors import clear_errors
+from worker.model import build_model
 
 
-def _clear_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Known start-up failures (config, model, services) become one line, not a traceback."""
-    import functools
-
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from pipelines.registry import ModelNotFoundError
-        from worker.startup import ServiceUnavailable
-
-        try:
-            return fn(*args, **kwargs)
-        except (ConfigError, ModelNotFoundError, ServiceUnavailable) as exc:
-            raise UserError(str(exc)) from None
-
-    return wrapper
-
-
-def build_classifier(settings: Settings, heads: list[str]) -> Any:
-    """The encoder and the heads, loaded once and shared by every pipeline of the process."""
-    import transformers
-
-    from pipelines import Classifier
-    from pipelines.encoder import Encoder, EncoderSettings
-
-    transformers.logging.set_verbosity_error()
-    transformers.logging.disable_progress_bar()
-    encoder = Encoder(
-        EncoderSettings(
-            model_dir=settings.model_dir,
-            device=settings.device,
-            precision=settings.precision,
-            max_windows=settings.max_windows,
-            threads=settings.threads,
-            instances=settings.model_instances,
-        )
-    )
-    return Classifier.load(encoder, list(dict.fromkeys(heads)))
-
-
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.group(context_settings=worker.main.CONTEXT)
 @click.version_option(package_name="bertstream")
 def cli() -> None:
     """bertstream: BERT task heads on Kafka streams, with a Redis result cache.
@@ -71,60 +25,6 @@ def cli() -> None:
     Every setting is also an env var BERTSTREAM_<NAME> (e.g. BERTSTREAM_KAFKA_BROKERS,
     BERTSTREAM_REDIS_URL); options given here win.
     """
-
-
-@cli.command()
-@click.option("--pipeline", "-p", "pipeline_names", multiple=True, default=["all"], show_default=True,
-              help="Pipeline to run (repeatable); 'all' runs every pipeline of the pipelines file.")
-@click.option("--brokers", help="Kafka bootstrap servers host:port[,...]  [env BERTSTREAM_KAFKA_BROKERS]")
-@click.option("--redis-url", help="Redis URL, AUTH and TLS included  [env BERTSTREAM_REDIS_URL]")
-@click.option("--pipelines-file", type=click.Path(path_type=Path), help="TOML pipelines file  [env BERTSTREAM_PIPELINES_FILE]")
-@click.option("--model-dir", type=click.Path(path_type=Path), help="Hugging Face model directory  [env BERTSTREAM_MODEL_DIR]")
-@click.option("--batch-size", type=int, help="Largest micro-batch  [env BERTSTREAM_BATCH_SIZE]")
-@click.option("--batch-window", "batch_window_s", type=float, help="Seconds to wait to fill a batch  [env BERTSTREAM_BATCH_WINDOW_S]")
-@click.option("--web-port", type=int, help="Port of /healthz, /readyz and /metrics; 0 disables  [env BERTSTREAM_WEB_PORT]")
-@_clear_errors
-def worker(pipeline_names: tuple[str, ...], brokers: str | None, redis_url: str | None, pipelines_file: Path | None,
-           model_dir: Path | None, batch_size: int | None, batch_window_s: float | None, web_port: int | None) -> None:
-    """Run the streaming worker: consume the pipelines' input topics, classify, publish.
-
-    Scale out by starting more workers with the same group id: Kafka spreads the partitions.
-    Stops gracefully on SIGTERM or Ctrl-C (the batch in flight is delivered and committed).
-    """
-    from worker.logs import setup_logging
-    from worker.startup import check_broker, check_redis
-
-    settings = load_settings(kafka_brokers=brokers, redis_url=redis_url, pipelines_file=pipelines_file, model_dir=model_dir,
-                         batch_size=batch_size, batch_window_s=batch_window_s, web_port=web_port)
-    setup_logging(settings.log_level, settings.log_format)
-    import structlog
-
-    log = structlog.get_logger("bertstream.worker")
-    pipelines = select_pipelines(load_pipelines(settings.pipelines_file), list(pipeline_names))
-    check_broker(settings, [t for p in pipelines for t in [p.input, *p.output_topics]])
-    if settings.cache_ttl_s > 0:
-        check_redis(settings)
-    heads = [h for p in pipelines for h in p.heads]
-    classifier = build_classifier(settings, heads)
-    import faust
-
-    from worker.app import WorkerApp
-
-    from pipelines.registry import default_model_dir, resolve_head_dir
-    from worker.reload import ModelReloader
-
-    def watched() -> list[Path]:
-        return [settings.model_dir or default_model_dir()] + [resolve_head_dir(h) for h in dict.fromkeys(heads)]
-
-    def reloader(apply: Callable[[Any], None]) -> ModelReloader:
-        return ModelReloader(lambda: build_classifier(settings, heads), watched, apply)
-
-    app = WorkerApp(settings, pipelines, classifier, reloader=reloader)
-    classifier.warm_up()
-    log.info("worker_starting", pipelines=[p.name for p in pipelines], model=classifier.encoder.name,
-             version=classifier.version(), device=str(classifier.encoder.device), precision=classifier.encoder.precision,
-             model_instances=classifier.encoder.instances, threads=classifier.encoder.threads, brokers=settings.kafka_brokers, redis=settings.redis_url.get_secret_value(), web_port=settings.web_port)
-    faust.Worker(app.app, loglevel=settings.log_level, override_logging=False, redirect_stdouts=False).execute_from_commandline()
 
 
 def _lines(source: TextIO) -> Any:
@@ -140,7 +40,7 @@ def _lines(source: TextIO) -> Any:
 @click.option("--format", "fmt", type=click.Choice(["auto", "jsonl", "text"]), default="auto", show_default=True,
               help="jsonl: each line is sent as it is; text: each line becomes {\"text\": line}; auto: jsonl if a line starts with '{'.")
 @click.option("--brokers", help="Kafka bootstrap servers  [env BERTSTREAM_KAFKA_BROKERS]")
-@_clear_errors
+@clear_errors
 def produce(source: TextIO, topic: str, fmt: str, brokers: str | None) -> None:
     """Send JSONL events or text lines from SOURCE (a file, or - for stdin) to a topic."""
     from bertstream.feed import produce_lines
@@ -156,7 +56,7 @@ def produce(source: TextIO, topic: str, fmt: str, brokers: str | None) -> None:
 @click.option("--from-beginning/--from-end", default=True, show_default=True, help="Start at the earliest or the latest offset.")
 @click.option("--max", "max_events", type=int, default=0, help="Stop after this many events (0: no limit).")
 @click.option("--timeout", type=float, default=0, help="Stop after this many seconds without a new event (0: never).")
-@_clear_errors
+@clear_errors
 def tail(topic: str, brokers: str | None, from_beginning: bool, max_events: int, timeout: float) -> None:
     """Print the events of TOPIC, one per line."""
     from bertstream.feed import tail_topic
@@ -174,7 +74,7 @@ def tail(topic: str, brokers: str | None, from_beginning: bool, max_events: int,
 @click.option("--tls-key", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="PEM key of --tls-cert.")
 @click.option("--tls-ca", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="CA that signed --tls-cert, for the start-up probe (default: the certificate itself).")
-@_clear_errors
+@clear_errors
 def broker(host: str, port: int, tls_cert: Path | None, tls_key: Path | None, tls_ca: Path | None) -> None:
     """Run the embedded Kafka-protocol broker (tansu, memory only) in the foreground.
 
@@ -207,7 +107,7 @@ def broker(host: str, port: int, tls_cert: Path | None, tls_key: Path | None, tl
               help="Comma-separated heads: names of committed heads or head directories.")
 @click.option("--model-dir", type=click.Path(path_type=Path), help="Hugging Face model directory  [env BERTSTREAM_MODEL_DIR]")
 @click.option("--batch-size", type=int, default=64, show_default=True, help="Texts per model call.")
-@_clear_errors
+@clear_errors
 def predict(source: TextIO, heads: str, model_dir: Path | None, batch_size: int) -> None:
     """Classify texts from SOURCE (a file, or - for stdin): JSONL results on stdout, in input order.
 
@@ -215,12 +115,12 @@ def predict(source: TextIO, heads: str, model_dir: Path | None, batch_size: int)
     No broker or Redis is needed.
     """
     settings = load_settings(model_dir=model_dir)
-    classifier = build_classifier(settings, [h.strip() for h in heads.split(",") if h.strip()])
+    model = build_model(settings, [h.strip() for h in heads.split(",") if h.strip()])
     lines = list(_lines(source))
     for start in range(0, len(lines), batch_size):
         chunk = lines[start:start + batch_size]
         texts = [_text_of(line) for line in chunk]
-        for text, prediction in zip(texts, classifier.predict(texts)):
+        for text, prediction in zip(texts, model.run(model.prepare(texts))):
             click.echo(json.dumps({"text": text, "results": prediction.results, "truncated": prediction.truncated}, ensure_ascii=False))
 
 
@@ -238,7 +138,7 @@ def _text_of(line: str) -> str:
 @cli.command()
 @click.option("--events", type=int, default=300, show_default=True, help="Events to feed (news and email, half each).")
 @click.option("--rows", type=int, default=12, show_default=True, help="Rows of the results table per pipeline.")
-@_clear_errors
+@clear_errors
 def demo(events: int, rows: int) -> None:
     """Run everything on embedded defaults: broker, Redis, model and heads, a worker, a feed.
 
@@ -250,7 +150,7 @@ def demo(events: int, rows: int) -> None:
     run_demo(events=events, rows=rows)
 
 
-for command in [*training.COMMANDS, bench, status]:
+for command in [worker.main.command, *training.COMMANDS, bench, status]:
     cli.add_command(command)
 
 

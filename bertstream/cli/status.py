@@ -29,9 +29,9 @@ def committed_offsets(settings: Settings, group_id: str) -> dict[tuple[str, int]
     """The group's committed offsets, {(topic, partition): offset}; empty when it committed nothing."""
     from kafka import KafkaAdminClient
 
-    from worker.connection import client_kwargs
+    from worker.connection import KafkaConnection
 
-    admin = KafkaAdminClient(request_timeout_ms=10000, bootstrap_timeout_ms=10000, **client_kwargs(settings))
+    admin = KafkaAdminClient(request_timeout_ms=10000, bootstrap_timeout_ms=10000, **KafkaConnection.from_settings(settings).kafka_python())
     try:
         groups = admin.list_group_offsets({group_id: None})
     finally:
@@ -52,10 +52,10 @@ def high_watermarks(settings: Settings, topics: Iterable[str], timeout_s: float 
     """
     from kafka import KafkaConsumer, TopicPartition
 
-    from worker.connection import client_kwargs
+    from worker.connection import KafkaConnection
 
     consumer = KafkaConsumer(group_id=None, enable_auto_commit=False, request_timeout_ms=10000, bootstrap_timeout_ms=10000,
-                             max_partition_fetch_bytes=64 * 1024, **client_kwargs(settings))
+                             max_partition_fetch_bytes=64 * 1024, **KafkaConnection.from_settings(settings).kafka_python())
     try:
         known = consumer.topics()
         tps = [

@@ -102,7 +102,8 @@ def run_demo(events: int = 300, rows: int = 12) -> None:
     batches = {"news": _load_events("news", half), "email": _load_events("email", events - half)}
     malformed = [line.encode() for line in (DEMO_DATA / "malformed.txt").read_text().splitlines() if line.strip()]
     with ExitStack() as stack:
-        brokers, redis_url, _ = services(stack, echo=lambda message: click.echo(message, err=True))
+        kafka, redis_url, _ = services(stack, echo=lambda message: click.echo(message, err=True))
+        brokers = kafka.bootstrap
         web_port = free_port()
         env = worker_env(brokers, redis_url, f"bertstream-demo-{run}", web_port)
         settings = load_settings(kafka_brokers=brokers, redis_url=redis_url)

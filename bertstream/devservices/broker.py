@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Self
 
+from worker.connection import KafkaConnection
 from bertstream.devservices.process import EmbeddedProcess, free_port
 from bertstream.devservices.tls_front import TlsFiles, TlsFront
 
@@ -72,14 +73,13 @@ class EmbeddedBroker(EmbeddedProcess):
         """``host:port`` for ``bootstrap_servers`` (the TLS port when ``tls`` is set)."""
         return f"{self.host}:{self.front.port if self.front else self.port}"
 
-    def client_kwargs(self) -> dict[str, str]:
-        """kafka-python settings that reach this broker (with mutual TLS, as the broker's own cert)."""
+    def connection(self) -> KafkaConnection:
+        """The connection that reaches this broker (with mutual TLS, as the broker's own cert)."""
         if self.tls is None:
-            return {"bootstrap_servers": self.bootstrap}
-        kwargs = {"bootstrap_servers": self.bootstrap, "security_protocol": "SSL", "ssl_cafile": str(self.tls.ca)}
-        if self.client_auth:
-            kwargs |= {"ssl_certfile": str(self.tls.cert), "ssl_keyfile": str(self.tls.key)}
-        return kwargs
+            return KafkaConnection((self.bootstrap,))
+        client_cert = (self.tls.cert, self.tls.key) if self.client_auth else (None, None)
+        return KafkaConnection((self.bootstrap,), "SSL", ssl_cafile=self.tls.ca,
+                               ssl_certfile=client_cert[0], ssl_keyfile=client_cert[1])
 
     def start(self, timeout: float = 30.0) -> Self:
         if self.front is not None:
@@ -110,7 +110,7 @@ class EmbeddedBroker(EmbeddedProcess):
         from kafka import KafkaAdminClient
 
         admin = KafkaAdminClient(
-            **self.client_kwargs(),
+            **self.connection().kafka_python(),
             client_id="bertstream-embedded-probe",
             request_timeout_ms=3000,
             bootstrap_timeout_ms=3000,

@@ -17,14 +17,17 @@ from contextlib import ExitStack
 from pathlib import Path
 
 from bertstream.devservices.process import stop_process_group
+from worker.config import load_settings
+from worker.connection import KafkaConnection
 from bertstream.devservices.worker_process import start_worker_process, wait_ready
 
 
 def services(stack: ExitStack, echo: Callable[[str], None] = lambda message: None,
-             brokers: str | None = None, redis_url: str | None = None) -> tuple[str, str, dict[str, bool]]:
-    """(bootstrap servers, Redis URL, {"broker": embedded?, "redis": embedded?}).
+             brokers: str | None = None, redis_url: str | None = None) -> tuple[KafkaConnection, str, dict[str, bool]]:
+    """(Kafka connection, Redis URL, {"broker": embedded?, "redis": embedded?}).
 
     Given values win, then the env vars; what is still missing is started embedded on `stack`.
+    A broker from the settings keeps their TLS and SASL settings (BERTSTREAM_KAFKA_*).
     A SIGTERM then unwinds like Ctrl-C, so that the stack stops every child it started.
     """
     if threading.current_thread() is threading.main_thread():
@@ -36,13 +39,15 @@ def services(stack: ExitStack, echo: Callable[[str], None] = lambda message: Non
         from bertstream.devservices.broker import EmbeddedBroker
 
         echo("starting the embedded Kafka-protocol broker (tansu)…")
-        brokers = stack.enter_context(EmbeddedBroker()).bootstrap
+        conn = stack.enter_context(EmbeddedBroker()).connection()
+    else:
+        conn = KafkaConnection.from_settings(load_settings(kafka_brokers=brokers))
     if not redis_url:
         from bertstream.devservices.redis_server import EmbeddedRedis
 
         echo("starting a Redis of our own…")
         redis_url = stack.enter_context(EmbeddedRedis()).url
-    return brokers, redis_url, embedded
+    return conn, redis_url, embedded
 
 
 def worker_env(brokers: str, redis_url: str, group_id: str, web_port: int, **extra: str) -> dict[str, str]:

@@ -17,7 +17,7 @@ class WorkerStartError(RuntimeError):
 
 
 def start_worker_process(env: dict[str, str], pipelines: list[str], log_path: Path) -> subprocess.Popen[bytes]:
-    args = [sys.executable, "-m", "bertstream.cli.main", "worker"]
+    args = [sys.executable, "-m", "worker"]
     for name in pipelines:
         args += ["--pipeline", name]
     with open(log_path, "ab") as log:

@@ -27,7 +27,7 @@ from kafka import KafkaConsumer, KafkaProducer
 
 from worker.config import load_settings
 from bertstream.devservices.stack import worker_env
-from worker.connection import client_kwargs, ensure_topics
+from worker.connection import KafkaConnection, ensure_topics
 from bertstream.devservices.process import free_port, stop_process_group
 from bertstream.devservices.worker_process import start_worker_process, wait_ready
 
@@ -99,7 +99,8 @@ class FaultRun:
         self.bootstrap = bootstrap
         self.kafka = kafka or {}
         self.settings = load_settings(kafka_brokers=bootstrap, kafka_partitions=partitions, **self.kafka)
-        self.client = client_kwargs(self.settings)
+        self.conn = KafkaConnection.from_settings(self.settings)
+        self.client = self.conn.kafka_python()
         self.redis_url = redis_url
         self.tmp = tmp
         self.partitions = partitions
@@ -121,7 +122,7 @@ class FaultRun:
     # -- topics and events -----------------------------------------------------------------------
     def create_topics(self) -> None:
         """Create the run's topics (again, after a broker restart that lost them)."""
-        ensure_topics(self.settings, list(self.topics.values()), timeout_s=30)
+        ensure_topics(self.conn, list(self.topics.values()), self.settings.kafka_partitions, timeout_s=30)
 
     @property
     def producer(self) -> KafkaProducer:

@@ -163,7 +163,7 @@ def test_embedded_broker_tls_front_lives_with_the_broker(tls_files: tuple[TlsFil
         assert broker.front is not None and broker.bootstrap == f"127.0.0.1:{broker.front.port}" != f"127.0.0.1:{broker.port}"
         front_pid = broker.front.pid
         for round_ in ("before", "after"):
-            producer = KafkaProducer(**broker.client_kwargs(), acks="all", request_timeout_ms=10000)
+            producer = KafkaProducer(**broker.connection().kafka_python(), acks="all", request_timeout_ms=10000)
             try:
                 producer.send(f"tls-{uuid.uuid4().hex[:8]}", b"x").get(timeout=15)
             finally:

@@ -285,9 +285,11 @@ def test_kafka_sasl_and_tls_settings_pass_through(tmp: Path) -> None:
 
     import faust
 
-    from worker.app import _credentials
     from worker.config import load_settings
-    from worker.connection import client_kwargs
+    from worker.connection import KafkaConnection
+
+    def _credentials(settings):
+        return KafkaConnection.from_settings(settings).faust_credentials()
 
     key, cert = tmp / "key.pem", tmp / "cert.pem"
     subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(cert),
@@ -295,7 +297,7 @@ def test_kafka_sasl_and_tls_settings_pass_through(tmp: Path) -> None:
     settings = load_settings(kafka_brokers="b1:9093,b2:9093", kafka_security_protocol="SASL_SSL",
                              kafka_sasl_mechanism="SCRAM-SHA-512", kafka_sasl_username="alice", kafka_sasl_password="pw-123",
                              kafka_ssl_cafile=cert, kafka_ssl_certfile=cert, kafka_ssl_keyfile=key)
-    kw = client_kwargs(settings)
+    kw = KafkaConnection.from_settings(settings).kafka_python()
     assert kw["security_protocol"] == "SASL_SSL" and kw["bootstrap_servers"] == ["b1:9093", "b2:9093"]
     assert kw["sasl_mechanism"] == "SCRAM-SHA-512" and kw["sasl_plain_username"] == "alice"
     assert kw["sasl_plain_password"] == "pw-123"

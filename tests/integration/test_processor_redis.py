@@ -11,7 +11,6 @@ import json
 import threading
 import uuid
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import redis.asyncio as aioredis
@@ -26,6 +25,7 @@ from pipelines.heads import Head, HeadSpec
 from worker.cache import KEY_PREFIX, ResultCache
 from worker.codec import Source, raw_bytes
 from worker.config import Pipeline, Route
+from worker.model_pool import ModelPool
 from worker.processor import BatchProcessor, Outgoing, Record
 
 pytestmark = pytest.mark.integration
@@ -88,10 +88,10 @@ def pipeline(topic_name) -> Pipeline:
 
 
 @pytest.fixture
-def executor() -> Iterator[ThreadPoolExecutor]:
-    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model")
+def pool() -> Iterator[ModelPool]:
+    pool = ModelPool(1)
     yield pool
-    pool.shutdown(wait=True)
+    pool.shutdown()
 
 
 @pytest.fixture
@@ -136,11 +136,11 @@ def check_output(pipeline: Pipeline, message: Outgoing, doc: dict) -> None:
     assert message.topic in (pipeline.output, pipeline.routes[0].topic)
 
 
-def test_misses_then_hits(redis_url, classifier, pipeline, executor, cleanup) -> None:
+def test_misses_then_hits(redis_url, classifier, pipeline, pool, cleanup) -> None:
     async def scenario() -> None:
         client = aioredis.from_url(redis_url)
         try:
-            processor = BatchProcessor(pipeline, classifier, ResultCache(client, TTL_S), executor)
+            processor = BatchProcessor(pipeline, classifier, ResultCache(client, TTL_S), pool)
             first = await processor.process(records(pipeline, events(TEXTS)))
             assert len(classifier.calls) == 1
             assert sorted(classifier.calls[0]) == sorted(TEXTS)
@@ -180,7 +180,7 @@ def test_misses_then_hits(redis_url, classifier, pipeline, executor, cleanup) ->
     asyncio.run(scenario())
 
 
-def test_dead_letters_in_input_order(redis_url, classifier, pipeline, executor, cleanup) -> None:
+def test_dead_letters_in_input_order(redis_url, classifier, pipeline, pool, cleanup) -> None:
     bad = {
         1: (b'{"text": "unterminated', "invalid_json"),
         3: (b'{"id": "x"}', "missing_text"),
@@ -196,7 +196,7 @@ def test_dead_letters_in_input_order(redis_url, classifier, pipeline, executor, 
     async def scenario() -> list[Outgoing]:
         client = aioredis.from_url(redis_url)
         try:
-            return await BatchProcessor(pipeline, classifier, ResultCache(client, TTL_S), executor).process(
+            return await BatchProcessor(pipeline, classifier, ResultCache(client, TTL_S), pool).process(
                 records(pipeline, values, keys=True)
             )
         finally:
@@ -218,11 +218,11 @@ def test_dead_letters_in_input_order(redis_url, classifier, pipeline, executor, 
     assert len(classifier.calls) == 1 and len(classifier.calls[0]) == len(values) - len(bad)
 
 
-def test_all_bad_batch_never_calls_the_model(redis_url, classifier, pipeline, executor, cleanup) -> None:
+def test_all_bad_batch_never_calls_the_model(redis_url, classifier, pipeline, pool, cleanup) -> None:
     async def scenario() -> list[Outgoing]:
         client = aioredis.from_url(redis_url)
         try:
-            processor = BatchProcessor(pipeline, classifier, ResultCache(client, TTL_S), executor)
+            processor = BatchProcessor(pipeline, classifier, ResultCache(client, TTL_S), pool)
             return await processor.process(records(pipeline, [b"nope", b"[]", b""]))
         finally:
             await client.aclose()
@@ -232,13 +232,13 @@ def test_all_bad_batch_never_calls_the_model(redis_url, classifier, pipeline, ex
     assert classifier.calls == []
 
 
-def test_duplicate_texts_cost_one_model_call(redis_url, classifier, pipeline, executor, cleanup) -> None:
+def test_duplicate_texts_cost_one_model_call(redis_url, classifier, pipeline, pool, cleanup) -> None:
     texts = [TEXTS[0], TEXTS[1], TEXTS[0], TEXTS[0], TEXTS[2], TEXTS[1]]
 
     async def scenario() -> list[Outgoing]:
         client = aioredis.from_url(redis_url)
         try:
-            processor = BatchProcessor(pipeline, classifier, ResultCache(client, TTL_S), executor)
+            processor = BatchProcessor(pipeline, classifier, ResultCache(client, TTL_S), pool)
             return await processor.process(records(pipeline, events(texts)))
         finally:
             await client.aclose()
@@ -254,13 +254,13 @@ def test_duplicate_texts_cost_one_model_call(redis_url, classifier, pipeline, ex
         assert by_text.setdefault(text, doc["results"]) == doc["results"]
 
 
-def test_redis_down_degrades_but_classifies(redis_url, classifier, pipeline, executor, cleanup) -> None:
+def test_redis_down_degrades_but_classifies(redis_url, classifier, pipeline, pool, cleanup) -> None:
     changes: list[tuple[bool, str]] = []
 
     async def scenario() -> None:
         dead = aioredis.from_url("redis://127.0.0.1:1/0", socket_connect_timeout=1, socket_timeout=1)
         cache = ResultCache(dead, TTL_S, on_degraded=lambda degraded, reason: changes.append((degraded, reason)))
-        processor = BatchProcessor(pipeline, classifier, cache, executor)
+        processor = BatchProcessor(pipeline, classifier, cache, pool)
         try:
             out = await processor.process(records(pipeline, events(TEXTS) + [b"{bad"]))
             assert cache.degraded is True
@@ -294,9 +294,9 @@ def test_redis_down_degrades_but_classifies(redis_url, classifier, pipeline, exe
     asyncio.run(scenario())
 
 
-def test_cache_disabled_with_zero_ttl(classifier, pipeline, executor) -> None:
+def test_cache_disabled_with_zero_ttl(classifier, pipeline, pool) -> None:
     async def scenario() -> None:
-        processor = BatchProcessor(pipeline, classifier, ResultCache(None, 0), executor)
+        processor = BatchProcessor(pipeline, classifier, ResultCache(None, 0), pool)
         for offset in (0, 10):
             out = await processor.process(records(pipeline, events(TEXTS[:2]), offset))
             assert [d["cached"] for d in outputs(out)] == [False, False]
@@ -312,12 +312,14 @@ class GatedClassifier(CountingClassifier):
         super().__init__(*args, **kwargs)
         self.gate = threading.Event()
         self.prepared: list[int] = []
+        self.waiting = 0  # model passes held at the gate
 
     def prepare(self, texts):
         self.prepared.append(len(texts))
         return super().prepare(texts)
 
     def run(self, prepared, tasks=None):
+        self.waiting += 1
         assert self.gate.wait(10), "the test never opened the gate"
         return super().run(prepared, tasks)
 
@@ -342,18 +344,18 @@ def test_idle_model_instances_share_a_batch_busy_ones_do_not(redis_url, encoder,
     gated = GatedClassifier(encoder, heads, {name: uuid.uuid4().hex for name in heads})
     first = [f"{TEXTS[i % 4]} (first batch, {i})" for i in range(20)]
     second = [f"{TEXTS[i % 4]} (second batch, {i})" for i in range(20)]
-    pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="model")
-    tokenizer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tokenizer")
+    pool = ModelPool(2, [pipeline.name])
 
     async def scenario() -> tuple[list[Outgoing], list[Outgoing]]:
         client = aioredis.from_url(redis_url)
-        model_free = asyncio.Semaphore(2)
+        model_free = pool.free[pipeline.name]
         try:
-            processor = BatchProcessor(pipeline, gated, ResultCache(client, TTL_S), pool, tokenizer_executor=tokenizer,
-                                       model_free=model_free)
+            processor = BatchProcessor(pipeline, gated, ResultCache(client, TTL_S), pool)
             await model_free.acquire()  # the worker's agent holds one instance per batch it passes on
             one = asyncio.ensure_future(processor.process(records(pipeline, events(first))))
             await until(lambda: len(gated.prepared) >= 2, "the first batch was not split in two parts")
+            # Both parts hold a model thread before the second batch comes: a race otherwise.
+            await until(lambda: gated.waiting >= 2, "the first batch's parts did not both reach the model")
             assert model_free.locked()  # it borrowed the idle instance
             two = asyncio.ensure_future(processor.process(records(pipeline, events(second), first_offset=100)))
             await until(lambda: len(gated.prepared) >= 3, "the second batch never reached the model")
@@ -371,8 +373,7 @@ def test_idle_model_instances_share_a_batch_busy_ones_do_not(redis_url, encoder,
         out_one, out_two = asyncio.run(scenario())
     finally:
         gated.gate.set()
-        pool.shutdown(wait=True)
-        tokenizer.shutdown(wait=True)
+        pool.shutdown()
     assert gated.prepared == [10, 10, 20]
     assert sorted(map(len, gated.calls)) == [10, 10, 20]
     assert sorted(gated.calls[0] + gated.calls[1]) == sorted(first)

@@ -20,9 +20,9 @@ def pipelines() -> list[Pipeline]:
 def test_pipelines_share_one_encoder_and_model_thread(classifier: Classifier, pipelines: list[Pipeline]) -> None:  # noqa: F811
     app = WorkerApp(load_settings(web_port=0, cache_ttl_s=0), pipelines, classifier)
     assert [p.pipeline.name for p in app.processors] == ["news", "email"]
-    assert all(p.loaded.classifier is classifier for p in app.processors)
-    assert len({id(p.loaded.classifier.encoder) for p in app.processors}) == 1
-    assert len({id(p.executor) for p in app.processors}) == 1
+    assert all(p.loaded.model is classifier for p in app.processors)
+    assert len({id(p.loaded.model.encoder) for p in app.processors}) == 1
+    assert len({id(p.pool.executor) for p in app.processors}) == 1
     # Each pipeline's version covers its own heads only.
     assert app.processors[0].model_version != app.processors[1].model_version
 
@@ -33,20 +33,20 @@ def test_use_swaps_the_model_of_every_pipeline(classifier: Classifier, pipelines
     heads = {"sentiment": make_head("sentiment", 11), "spam": make_head("spam", 12, hidden=0), "topic": make_head("topic", 13)}
     new = Classifier(make_encoder(bert, tokenizer), heads, {name: f"v2-{name}" for name in heads})
     app.use(new)
-    assert app.classifier is new
-    assert all(p.loaded.classifier is new for p in app.processors)
+    assert app.model is new
+    assert all(p.loaded.model is new for p in app.processors)
     assert [p.model_version for p in app.processors] != before
 
 
 def test_model_instances_size_the_model_pool_and_the_batches_in_flight(pipelines: list[Pipeline], bert, tokenizer) -> None:  # noqa: F811
     heads = {"sentiment": make_head("sentiment", 1), "spam": make_head("spam", 2, hidden=0), "topic": make_head("topic", 3)}
-    classifier = Classifier(make_encoder(bert, tokenizer, instances=3), heads)
-    app = WorkerApp(load_settings(web_port=0, cache_ttl_s=0), pipelines, classifier)
-    assert app.executor._max_workers == 3  # one thread per instance
-    assert app.max_in_flight == 4  # one batch in each instance, one delivering
-    assert all(p.executor is app.executor for p in app.processors)
-    # Each pipeline has its own pool of every instance: an idle pipeline, whose agent holds a slot
+    model = Classifier(make_encoder(bert, tokenizer, instances=3), heads)
+    app = WorkerApp(load_settings(web_port=0, cache_ttl_s=0), pipelines, model)
+    assert app.pool.executor._max_workers == 3  # one thread per instance
+    assert app.pool.max_in_flight == 4  # one batch in each instance, one delivering
+    assert all(p.pool is app.pool for p in app.processors)
+    # Each pipeline has its own count of every instance: an idle pipeline, whose agent holds a slot
     # while it waits for events, cannot keep an instance from a busy one.
-    pools = [p.model_free for p in app.processors]
+    pools = [app.pool.free[p.pipeline.name] for p in app.processors]
     assert len(pools) == len(pipelines) >= 2 and len({id(pool) for pool in pools}) == len(pools)
-    assert all(pool is app.model_free[p.pipeline.name] and pool._value == 3 for p, pool in zip(app.processors, pools))
+    assert all(pool._value == 3 for pool in pools)
