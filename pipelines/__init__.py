@@ -1,7 +1,7 @@
-"""The model side of bertstream: encode texts, run task heads, train and evaluate.
+"""The model side of bertstream: encode texts and run task heads; `pipelines.training` trains and evaluates them.
 
 Never imports the transport (faust, aiokafka, kafka, redis): the worker calls in through
-`Classifier.predict` (texts in, per-task results out).
+`Classifier.predict` (texts in, per-task results out). Serving never imports `pipelines.training`.
 """
 from typing import Any
 

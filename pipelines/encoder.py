@@ -168,13 +168,14 @@ class Encoder:
         with autocast_context(self.device, self.precision):
             out = self.model(input_ids=input_ids, attention_mask=mask, output_hidden_states=layers != (-1,))
         hidden_states = out.hidden_states if out.hidden_states is not None else (out.last_hidden_state,)
-        m = mask.unsqueeze(-1).to(torch.float32)
-        lengths = mask.sum(dim=1)
-        pooled = {}
-        for layer in layers:
-            h = hidden_states[layer].to(torch.float32)
-            pooled[layer] = ((h * m).sum(dim=1) / lengths.clamp(min=1).unsqueeze(1)).cpu()
-        return pooled, lengths.cpu()
+        pooled = {layer: mean_pool(hidden_states[layer].to(torch.float32), mask).cpu() for layer in layers}
+        return pooled, mask.sum(dim=1).cpu()
+
+
+def mean_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """[batch, dim]: the mean of `hidden` [batch, tokens, dim] over the tokens where `mask` is 1."""
+    m = mask.unsqueeze(-1).to(hidden.dtype)
+    return (hidden * m).sum(dim=1) / m.sum(dim=1).clamp(min=1)
 
 
 def _load(model_dir: Path) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:

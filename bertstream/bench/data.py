@@ -70,7 +70,7 @@ def eval_sets(tasks: list[str], per_set: int, seed: int = 20240601) -> tuple[lis
     (`bertstream data vader sms_spam` fetches it).
     """
     try:
-        from pipelines import datasets
+        from pipelines.training import datasets
     except ImportError as exc:  # pragma: no cover - pipelines.datasets is part of the package
         return [], f"pipelines.datasets unavailable: {exc}"
     wanted = {"sentiment": "vader", "spam": "sms_spam"}

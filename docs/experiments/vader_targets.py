@@ -1,4 +1,4 @@
-"""Sentiment head over the frozen encoder, trained on other targets than the hard label (issue 3).
+"""Sentiment head over the frozen encoder, trained on other targets than the hard label.
 
 The label is the class of a mean rating, so the data also holds the mean itself and each text's
 individual ratings. Tried, with the default head's inputs (layers 3-6 of the cached features)
@@ -22,10 +22,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from pipelines.datasets import load, vader_corpora, vader_ratings
 from pipelines.encoder import Encoder, EncoderSettings
-from pipelines.features import cached_features
-from pipelines.train import stratified_val_split, summary_metrics
+from pipelines.training.datasets import load, vader_corpora, vader_ratings
+from pipelines.training.features import cached_features
+from pipelines.training.metrics import summary_metrics
+from pipelines.training.splits import stratified_split
 
 LAYERS = (3, 4, 5, 6)
 data = load("vader")
@@ -56,7 +57,7 @@ x_all, x_test = features("train"), features("test")
 y_all = torch.tensor([index[label] for _, label in data.train])
 y_test = torch.tensor([index[label] for _, label in data.test])
 mean_all = torch.tensor([means[t] for t in train_texts])
-tr, va = (torch.tensor(i) for i in stratified_val_split(y_all.tolist(), 0.1, 13))
+tr, va = (torch.tensor(i) for i in stratified_split(y_all.tolist(), 0.1, 13))
 mu, sd = x_all[tr].mean(0), x_all[tr].std(0).clamp(min=1e-4)
 norm = lambda x: (x - mu) / sd  # noqa: E731
 

@@ -40,18 +40,18 @@ import csv
 import io
 import json
 import os
-import random
 import shutil
 import subprocess
 import sys
 import tarfile
 import tempfile
 import zipfile
-from collections import defaultdict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from pipelines.training.splits import stratified_split
 
 Example = tuple[str, str]
 
@@ -191,23 +191,11 @@ def _require(name: str) -> Path:
     return dataset_dir(name)
 
 
-def _stratified_split(items: list[tuple[Example, str]], seed: int, test_fraction: float = 0.2) -> tuple[list[Example], list[Example]]:
-    """Split (example, stratum) pairs so that every stratum is split test_fraction / rest."""
-    groups: dict[str, list[Example]] = defaultdict(list)
-    for example, stratum in items:
-        groups[stratum].append(example)
-    rng = random.Random(seed)
-    train: list[Example] = []
-    test: list[Example] = []
-    for stratum in sorted(groups):
-        members = groups[stratum][:]
-        rng.shuffle(members)
-        n_test = round(len(members) * test_fraction)
-        test.extend(members[:n_test])
-        train.extend(members[n_test:])
-    rng.shuffle(train)
-    rng.shuffle(test)
-    return train, test
+def _fixed_split(items: list[tuple[Example, str]], seed: int) -> tuple[list[Example], list[Example]]:
+    """(train, test) of (example, stratum) pairs: 20% of every stratum to test, both halves shuffled."""
+    examples = [example for example, _ in items]
+    train, test = stratified_split([stratum for _, stratum in items], 0.2, seed, at_least_one=False, shuffled=True)
+    return [examples[i] for i in train], [examples[i] for i in test]
 
 
 def vader_label(mean: float) -> str:
@@ -257,7 +245,7 @@ def vader_ratings() -> dict[str, list[int]]:
 
 def load_vader() -> Dataset:
     items = [((text, vader_label(mean)), f"{corpus}/{vader_label(mean)}") for corpus, rows in vader_corpora().items() for text, mean in rows]
-    train, test = _stratified_split(items, seed=20140601)
+    train, test = _fixed_split(items, seed=20140601)
     return Dataset("vader", train, test, ["negative", "neutral", "positive"])
 
 
@@ -278,7 +266,7 @@ def load_sms_spam() -> Dataset:
     for row in rows:
         label = "spam" if row["spam"].strip() == "1" else "ham"
         items.append(((row["text"], label), label))
-    train, test = _stratified_split(items, seed=20140602)
+    train, test = _fixed_split(items, seed=20140602)
     return Dataset("sms_spam", train, test, ["ham", "spam"])
 
 

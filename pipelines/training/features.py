@@ -16,8 +16,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
-from pipelines.datasets import data_dir
 from pipelines.encoder import Encoder
+from pipelines.training.datasets import data_dir
 
 CHUNK = 256  # texts per encode() call: the unit of the progress bar
 

@@ -7,7 +7,7 @@ import tarfile
 
 import pytest
 
-from pipelines import datasets
+from pipelines.training import datasets
 
 ROWS = {  # corpus: [(id, mean, text, ratings)]
     "tweets": [("1", 2.5, "love it", [2, 3]), ("2", -0.2, "meh", [0, -1, 0, 0, 0])],

@@ -10,17 +10,13 @@ import torch
 transformers = pytest.importorskip("transformers")
 
 from pipelines.classifier import Classifier
-from pipelines.datasets import Dataset, read_labelled_file
 from pipelines.encoder import Encoder, EncoderSettings
 from pipelines.heads import Head, HeadSpec, load_head, save_head
-from pipelines.train import (
-    TrainConfig,
-    fit_head,
-    resolve_data,
-    stratified_val_split,
-    summary_metrics,
-    train_heads,
-)
+from pipelines.training.datasets import Dataset, read_labelled_file
+from pipelines.training.dense import fit_head
+from pipelines.training.metrics import summary_metrics
+from pipelines.training.splits import stratified_split
+from pipelines.training.train import TrainConfig, resolve_data, train_heads
 
 
 @pytest.fixture(scope="module")
@@ -136,12 +132,12 @@ def test_old_head_dir_without_ngram_loads(tmp_path):
     assert head.predict_features({-1: torch.zeros(3, 4)}).shape == (3, 2)
 
 
-def test_stratified_val_split_is_fixed_and_per_class():
+def test_stratified_split_is_fixed_and_per_class():
     labels = [0] * 90 + [1] * 10
-    tr, va = stratified_val_split(labels, 0.2, seed=5)
+    tr, va = stratified_split(labels, 0.2, seed=5)
     assert sorted(tr + va) == list(range(100))
     assert sum(labels[i] for i in va) == 2 and len(va) == 20
-    assert stratified_val_split(labels, 0.2, seed=5) == (tr, va)
+    assert stratified_split(labels, 0.2, seed=5) == (tr, va)
 
 
 def test_labelled_files(tmp_path):
@@ -168,7 +164,7 @@ def test_train_from_csv(encoder, tmp_path):
 
 
 def test_finetune_smoke_writes_hf_dir_and_heads(tokenizer, tmp_path):
-    from pipelines.train import finetune
+    from pipelines.training.finetune import finetune
 
     torch.manual_seed(0)
     config = transformers.BertConfig(
@@ -202,8 +198,8 @@ def test_hybrid_ngram_kfold_chooses_c_and_beta(encoder, data, tmp_path):
 
 
 def test_eval_reports_frozen_and_finetuned_side_by_side(encoder, tokenizer, tmp_path):
-    from pipelines.evaluate import add_finetuned, evaluate, format_table
-    from pipelines.train import finetune
+    from pipelines.training.evaluate import add_finetuned, evaluate, format_table
+    from pipelines.training.finetune import finetune
 
     train_csv, test_csv = tmp_path / "train.csv", tmp_path / "test.csv"
     for path, rows in ((train_csv, synthetic(96, 6)), (test_csv, synthetic(32, 7))):
