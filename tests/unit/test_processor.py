@@ -1,0 +1,115 @@
+"""The batch processor against a fake model: no torch, no Redis (the cache is off). The same
+paths with the real model and a real Redis are in tests/integration/test_processor_redis.py."""
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+from pipelines.model import Prediction
+from worker.cache import ResultCache
+from worker.codec import Source
+from worker.config import Pipeline, Route
+from worker.model_pool import ModelPool
+from worker.processor import BatchProcessor, Outgoing, Record
+
+LABELS = ["ham", "spam"]
+
+
+class FakeModel:
+    """Says spam when the text has "win"; fails on any batch that holds "POISON"."""
+
+    name = "fake"
+
+    def __init__(self, instances: int = 1) -> None:
+        self.instances = instances
+        self.runs: list[list[str]] = []
+        self.lock = threading.Lock()
+
+    @property
+    def labels(self) -> dict[str, list[str]]:
+        return {"spam": LABELS}
+
+    def version(self, tasks: list[str] | None = None) -> str:
+        return "fake-1"
+
+    def describe(self) -> dict[str, str]:
+        return {"device": "none"}
+
+    def prepare(self, texts: list[str]) -> list[str]:
+        return list(texts)
+
+    def run(self, prepared: list[str], tasks: list[str] | None = None) -> list[Prediction]:
+        with self.lock:
+            self.runs.append(prepared)
+        if any("POISON" in t for t in prepared):
+            raise RuntimeError("poisoned")
+        out = []
+        for text in prepared:
+            p = 0.9 if "win" in text else 0.1
+            label = LABELS[int(p > 0.5)]
+            out.append(Prediction({"spam": {"label": label, "score": max(p, 1 - p), "scores": {"ham": 1 - p, "spam": p}}}, False))
+        return out
+
+    def warm_up(self) -> None:
+        pass
+
+
+PIPELINE = Pipeline(name="mail", input="in", output="out", dead_letter="dead", heads=["spam"],
+                    routes=[Route(head="spam", label="spam", topic="out.spam")])
+
+
+def process(values: list[bytes], model: FakeModel, pool: ModelPool, hold: int = 1) -> list[Outgoing]:
+    async def scenario() -> list[Outgoing]:
+        for _ in range(hold):  # the agent holds one instance per batch it passes on
+            await pool.acquire(PIPELINE.name)
+        processor = BatchProcessor(PIPELINE, model, ResultCache(None, 0), pool)
+        records = [Record(raw=v, key=None, source=Source("in", 0, i)) for i, v in enumerate(values)]
+        return await processor.process(records)
+
+    try:
+        return asyncio.run(scenario())
+    finally:
+        pool.shutdown()
+
+
+def event(text: str) -> bytes:
+    return json.dumps({"text": text}).encode()
+
+
+def test_outputs_routes_and_dead_letters_keep_input_order() -> None:
+    model = FakeModel()
+    out = process([event("win a prize"), b"{not json", event("lunch at noon"), event("POISON pill")], model, ModelPool(1))
+    assert [o.topic for o in out] == ["out.spam", "dead", "out", "dead"]
+    docs = [json.loads(o.value) for o in out]
+    assert docs[0]["results"]["spam"]["label"] == "spam" and docs[2]["results"]["spam"]["label"] == "ham"
+    assert docs[1]["error"] == "invalid_json" and docs[3]["error"] == "model_error"
+    assert [d["source"]["offset"] for d in docs] == [0, 1, 2, 3]
+    assert docs[0]["model"] == {"name": "fake", "version": "fake-1"}
+    # The poisoned batch was retried text by text: the others were classified.
+    assert ["win a prize", "lunch at noon", "POISON pill"] in model.runs and ["POISON pill"] in model.runs
+
+
+def test_a_batch_is_split_across_idle_instances() -> None:
+    model = FakeModel(instances=2)
+    texts = [f"message {i}" for i in range(20)]
+    out = process([event(t) for t in texts], model, ModelPool(2, [PIPELINE.name]))
+    assert sorted(map(len, model.runs)) == [10, 10]
+    assert [json.loads(o.value)["source"]["offset"] for o in out] == list(range(20))
+
+
+def test_busy_instances_take_the_batch_whole() -> None:
+    model = FakeModel(instances=2)
+    process([event(f"message {i}") for i in range(20)], model, ModelPool(2, [PIPELINE.name]), hold=2)
+    assert [len(r) for r in model.runs] == [20]
+
+
+def test_the_streaming_path_needs_no_torch() -> None:
+    code = ("import sys; sys.path.insert(0, '.'); import tests.unit.test_processor as t; "
+            "t.test_outputs_routes_and_dead_letters_keep_input_order(); print('torch' in sys.modules)")
+    root = Path(__file__).resolve().parents[2]
+    result = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=120, check=True)
+    assert result.stdout.strip().splitlines()[-1] == "False"  # the last line; the log comes before it
