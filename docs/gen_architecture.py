@@ -4,6 +4,7 @@ worker/model_pool.py), Redis, and the metrics endpoint.
 
     .venv/bin/python docs/gen_architecture.py [--pipelines-file FILE] [--out docs/architecture.png]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -42,22 +43,52 @@ def draw(pipelines_file: Path, out: Path) -> Path:
     ax.set_ylim(0, height)
     ax.axis("off")
 
-    def box(x: float, y: float, w: float, h: float, text: str, color: str, size: int = 9, weight: str = "normal") -> None:
-        ax.add_patch(FancyBboxPatch((x, y), w, h, boxstyle="round,pad=0.04,rounding_size=0.12",
-                                    facecolor=color, edgecolor="#333333", linewidth=1))
+    def box(
+        x: float, y: float, w: float, h: float, text: str, color: str, size: int = 9, weight: str = "normal"
+    ) -> None:
+        ax.add_patch(
+            FancyBboxPatch(
+                (x, y),
+                w,
+                h,
+                boxstyle="round,pad=0.04,rounding_size=0.12",
+                facecolor=color,
+                edgecolor="#333333",
+                linewidth=1,
+            )
+        )
         ax.text(x + w / 2, y + h / 2, text, ha="center", va="center", fontsize=size, weight=weight, wrap=True)
 
     def arrow(x0: float, y0: float, x1: float, y1: float, style: str = "-|>", color: str = "#333333") -> None:
-        ax.add_patch(FancyArrowPatch((x0, y0), (x1, y1), arrowstyle=style, mutation_scale=12, color=color, linewidth=1.2))
+        ax.add_patch(
+            FancyArrowPatch((x0, y0), (x1, y1), arrowstyle=style, mutation_scale=12, color=color, linewidth=1.2)
+        )
 
     ax.text(0.2, height - 0.4, "bertstream: Kafka in, BERT heads, Redis cache, Kafka out", fontsize=13, weight="bold")
-    ax.text(0.2, height - 0.8, f"pipelines from {pipelines_file.name}; many workers share partitions through one consumer group",
-            fontsize=9, color="#555555")
+    ax.text(
+        0.2,
+        height - 0.8,
+        f"pipelines from {pipelines_file.name}; many workers share partitions through one consumer group",
+        fontsize=9,
+        color="#555555",
+    )
 
     # The worker, with its stages, spans every pipeline row.
     wx, wy, ww, wh = 4.4, 0.9, 5.2, height - 2.1
-    ax.add_patch(FancyBboxPatch((wx, wy), ww, wh, boxstyle="round,pad=0.05", facecolor="#eef4fb", edgecolor="#3a6ea5", linewidth=1.5))
-    ax.text(wx + ww / 2, wy + wh - 0.25, "worker (Faust agent per pipeline)", ha="center", fontsize=10, weight="bold", color="#3a6ea5")
+    ax.add_patch(
+        FancyBboxPatch(
+            (wx, wy), ww, wh, boxstyle="round,pad=0.05", facecolor="#eef4fb", edgecolor="#3a6ea5", linewidth=1.5
+        )
+    )
+    ax.text(
+        wx + ww / 2,
+        wy + wh - 0.25,
+        "worker (Faust agent per pipeline)",
+        ha="center",
+        fontsize=10,
+        weight="bold",
+        color="#3a6ea5",
+    )
     step = (wh - 0.7) / len(STAGES)
     for i, stage in enumerate(STAGES):
         y = wy + wh - 0.6 - (i + 1) * step + 0.1

@@ -5,6 +5,7 @@ committed file differs from what this prints.
     .venv/bin/python docs/gen_reference.py          # rewrite docs/reference.md
     .venv/bin/python docs/gen_reference.py --check  # exit 1 if it is out of date
 """
+
 from __future__ import annotations
 
 import ast
@@ -132,7 +133,9 @@ def _type(annotation: object) -> str:
     if args and len(args) < len(typing.get_args(annotation)):
         return _type(args[0]) + " (optional)"
     name = getattr(annotation, "__name__", str(annotation))
-    return {"SecretStr": "secret string", "Path": "path", "str": "string", "int": "integer", "float": "number"}.get(name, name)
+    return {"SecretStr": "secret string", "Path": "path", "str": "string", "int": "integer", "float": "number"}.get(
+        name, name
+    )
 
 
 def _default(value: object) -> str:
@@ -168,7 +171,9 @@ def settings_section() -> str:
         limits = _constraints(field)
         if limits:
             description = f"{description} ({limits})" if description else f"({limits})"
-        rows.append(f"| `{prefix}{name.upper()}` | {_type(field.annotation)} | {_default(field.default)} | {description} |")
+        rows.append(
+            f"| `{prefix}{name.upper()}` | {_type(field.annotation)} | {_default(field.default)} | {description} |"
+        )
     return (
         "## Settings\n\n"
         "Every setting is an environment variable; `bertstream worker --help` shows the ones that also have an option\n"
@@ -214,8 +219,11 @@ def metrics_section() -> str:
 
 def schemas_section() -> str:
     rows = ["| contract | schema | topic |", "| --- | --- | --- |"]
-    topics = {"input": "a pipeline's input topic", "output": "its output topic or a route's topic",
-              "dead_letter": "its dead-letter topic"}
+    topics = {
+        "input": "a pipeline's input topic",
+        "output": "its output topic or a route's topic",
+        "dead_letter": "its dead-letter topic",
+    }
     for name, topic in topics.items():
         schema = json.loads((ROOT / "docs" / "schemas" / f"{name}.schema.json").read_text())
         rows.append(f"| {schema['title']} | [`schemas/{name}.schema.json`](schemas/{name}.schema.json) | {topic} |")
@@ -224,7 +232,9 @@ def schemas_section() -> str:
     return (
         "## Event schemas\n\n"
         "JSON Schema (draft 2020-12) files for the event contracts of `worker/codec.py`; a test validates real\n"
-        "encoded outputs and dead letters against them.\n\n" + "\n".join(rows) + f"\n\nDead-letter error codes: {codes}.\n"
+        "encoded outputs and dead letters against them.\n\n"
+        + "\n".join(rows)
+        + f"\n\nDead-letter error codes: {codes}.\n"
     )
 
 
@@ -237,7 +247,9 @@ def main(argv: list[str]) -> int:
     text = render()
     if "--check" in argv:
         if not OUT.is_file() or OUT.read_text() != text:
-            print(f"{OUT.relative_to(ROOT)} is out of date: run .venv/bin/python docs/gen_reference.py", file=sys.stderr)
+            print(
+                f"{OUT.relative_to(ROOT)} is out of date: run .venv/bin/python docs/gen_reference.py", file=sys.stderr
+            )
             return 1
         return 0
     OUT.write_text(text)

@@ -3,6 +3,7 @@
 Never imports the transport (faust, aiokafka, kafka, redis): the worker calls in through
 `Classifier.predict` (texts in, per-task results out). Serving never imports `pipelines.training`.
 """
+
 from typing import Any
 
 __all__ = ["Classifier", "Prediction"]

@@ -1,4 +1,5 @@
 """The encoder and its task heads behind the model boundary (`pipelines.model.Model`)."""
+
 from __future__ import annotations
 
 import hashlib
@@ -10,6 +11,7 @@ from pipelines.encoder import Encoder, Windows
 from pipelines.heads import Head, load_head
 from pipelines.model import Prediction
 from pipelines.registry import ModelNotFoundError, resolve_head_dir, task_name
+
 
 @dataclass
 class Prepared:
@@ -41,7 +43,7 @@ class Classifier:
         self._versions = versions
 
     @classmethod
-    def load(cls, encoder: Encoder, head_names: list[str]) -> "Classifier":
+    def load(cls, encoder: Encoder, head_names: list[str]) -> Classifier:
         heads: dict[str, Head] = {}
         versions: dict[str, str] = {}
         for name in head_names:

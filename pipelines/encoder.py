@@ -4,18 +4,26 @@ Texts are split into overlapping token windows (capped), every window is encoded
 token-budget batches sorted by length with dynamic padding, the chosen hidden layers are
 mean-pooled over tokens, and the windows of one text are averaged weighted by their length.
 """
+
 from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
 
 import torch
 from transformers import AutoModel, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
-from pipelines.numerics import autocast_context, intra_op_threads, prepare_model, resolve_device, resolve_instances, resolve_precision
+from pipelines.numerics import (
+    autocast_context,
+    intra_op_threads,
+    prepare_model,
+    resolve_device,
+    resolve_instances,
+    resolve_precision,
+)
 from pipelines.registry import ModelNotFoundError, default_model_dir, file_digest
 
 log = logging.getLogger(__name__)
@@ -180,14 +188,20 @@ def mean_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 def _load(model_dir: Path) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     if not (model_dir / "config.json").is_file():
-        raise ModelNotFoundError(f"model directory {model_dir} has no config.json: set BERTSTREAM_MODEL_DIR to a Hugging Face model directory")
+        raise ModelNotFoundError(
+            f"model directory {model_dir} has no config.json: set BERTSTREAM_MODEL_DIR to a Hugging Face model directory"
+        )
     if not any(model_dir.glob("*.safetensors")):
-        raise ModelNotFoundError(f"model directory {model_dir} has no *.safetensors weights (pickle weights are refused)")
+        raise ModelNotFoundError(
+            f"model directory {model_dir} has no *.safetensors weights (pickle weights are refused)"
+        )
     try:
         tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
         model = AutoModel.from_pretrained(model_dir, local_files_only=True, use_safetensors=True)
-    except Exception as exc:  # noqa: BLE001 - any load failure becomes one clear line
-        raise ModelNotFoundError(f"cannot load model from {model_dir}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from exc
+    except Exception as exc:
+        raise ModelNotFoundError(
+            f"cannot load model from {model_dir}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        ) from exc
     model.eval()
     return model, tokenizer
 

@@ -1,4 +1,5 @@
 """Task heads: small classifiers over pooled encoder features, stored as safetensors + JSON."""
+
 from __future__ import annotations
 
 import json
@@ -42,7 +43,10 @@ class Head(nn.Module):
         self.register_buffer("std", torch.ones(in_dim))
         if spec.hidden > 0:
             self.net: nn.Module = nn.Sequential(
-                nn.Linear(in_dim, spec.hidden), nn.GELU(), nn.Dropout(spec.dropout), nn.Linear(spec.hidden, len(spec.labels))
+                nn.Linear(in_dim, spec.hidden),
+                nn.GELU(),
+                nn.Dropout(spec.dropout),
+                nn.Linear(spec.hidden, len(spec.labels)),
             )
         else:
             self.net = nn.Sequential(nn.Dropout(spec.dropout), nn.Linear(in_dim, len(spec.labels)))
@@ -79,7 +83,9 @@ class Head(nn.Module):
         if self._featurizer is None:
             from pipelines.ngrams import NgramFeaturizer
 
-            self._featurizer = NgramFeaturizer.from_spec(self.spec.ngram, self.ngram_buckets.tolist(), self.ngram_idf.tolist())
+            self._featurizer = NgramFeaturizer.from_spec(
+                self.spec.ngram, self.ngram_buckets.tolist(), self.ngram_idf.tolist()
+            )
         return self._featurizer
 
     def predict_features(self, pooled: dict[int, torch.Tensor], texts: list[str] | None = None) -> torch.Tensor:
@@ -101,7 +107,11 @@ def save_head(head: Head, directory: Path, *, half: bool = False) -> None:
     directory.mkdir(parents=True, exist_ok=True)
     exact = {"mean", "std", "ngram_buckets", "ngram_idf"}
     state = {
-        k: (v.detach().cpu().to(torch.float16) if half and k not in exact and v.is_floating_point() else v.detach().cpu()).contiguous()
+        k: (
+            v.detach().cpu().to(torch.float16)
+            if half and k not in exact and v.is_floating_point()
+            else v.detach().cpu()
+        ).contiguous()
         for k, v in head.state_dict().items()
     }
     if "ngram_buckets" in state:  # bucket ids < 2**31: int32 halves their size
@@ -115,13 +125,17 @@ def load_head(directory: Path) -> tuple[Head, str]:
     """The head and its content version. Loads safetensors only: no pickle."""
     config, weights = directory / CONFIG, directory / WEIGHTS
     if not config.is_file() or not weights.is_file():
-        raise ModelNotFoundError(f"head directory {directory} needs {CONFIG} and {WEIGHTS}: train one with `bertstream train`")
+        raise ModelNotFoundError(
+            f"head directory {directory} needs {CONFIG} and {WEIGHTS}: train one with `bertstream train`"
+        )
     try:
         spec = HeadSpec(**json.loads(config.read_text()))
         head = Head(spec)
         head.load_state_dict(load_file(str(weights)))
     except Exception as exc:  # any corrupt head is one clear line
-        raise ModelNotFoundError(f"head {directory} is corrupt or does not match its {CONFIG}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from exc
+        raise ModelNotFoundError(
+            f"head {directory} is corrupt or does not match its {CONFIG}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        ) from exc
     if head.net[-1].out_features != len(spec.labels):
         raise ModelNotFoundError(f"head {directory}: {head.net[-1].out_features} outputs but {len(spec.labels)} labels")
     head.eval()

@@ -4,6 +4,7 @@ Texts in, per-task results out, in two steps so that tokenization can overlap th
 on the batch before (`prepare` on one thread, `run` on a model instance's thread). `Classifier`
 implements it; tests of the streaming code can use a small fake without torch.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass

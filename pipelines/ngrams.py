@@ -7,6 +7,7 @@ frequency >= ``min_df``, ranked by a chi-square score against the labels) and th
 head stores only those bucket ids, the idf and a linear layer, so no word list is ever stored.
 Values are sublinear tf (1 + log tf) x idf, L2-normalised per text, as in TF-IDF baselines.
 """
+
 from __future__ import annotations
 
 import math
@@ -49,7 +50,9 @@ class NgramFeaturizer:
         self._idf = np.asarray(self.idf, dtype=np.float32)
 
     @classmethod
-    def fit(cls, texts: Sequence[str], labels: Sequence[int], n_classes: int, *, buckets: int, **options: Any) -> NgramFeaturizer:
+    def fit(
+        cls, texts: Sequence[str], labels: Sequence[int], n_classes: int, *, buckets: int, **options: Any
+    ) -> NgramFeaturizer:
         opts = {**DEFAULTS, **options}
         n_features = int(opts["n_features"])
         if n_features & (n_features - 1):
@@ -73,15 +76,30 @@ class NgramFeaturizer:
         k = min(buckets, int(eligible.sum()))
         keep = np.sort(np.argpartition(-chi, k - 1)[:k]) if k > 0 else np.zeros(0, dtype=np.int64)
         idf = np.log((1 + n_docs) / (1 + df[keep])) + 1.0
-        return cls([int(b) for b in keep], [float(v) for v in idf], n_features, int(opts["ngram_max"]), int(opts["max_chars"]))
+        return cls(
+            [int(b) for b in keep], [float(v) for v in idf], n_features, int(opts["ngram_max"]), int(opts["max_chars"])
+        )
 
     def spec(self) -> dict[str, Any]:
-        return {"buckets": len(self.buckets), "n_features": self.n_features, "ngram_max": self.ngram_max, "max_chars": self.max_chars,
-                "hash": "crc32", "token_pattern": TOKEN.pattern, "weighting": "sublinear tf * idf, l2"}
+        return {
+            "buckets": len(self.buckets),
+            "n_features": self.n_features,
+            "ngram_max": self.ngram_max,
+            "max_chars": self.max_chars,
+            "hash": "crc32",
+            "token_pattern": TOKEN.pattern,
+            "weighting": "sublinear tf * idf, l2",
+        }
 
     @classmethod
     def from_spec(cls, spec: dict[str, Any], buckets: list[int], idf: list[float]) -> NgramFeaturizer:
-        return cls(buckets, idf, int(spec.get("n_features", DEFAULTS["n_features"])), int(spec.get("ngram_max", 2)), int(spec.get("max_chars", DEFAULTS["max_chars"])))
+        return cls(
+            buckets,
+            idf,
+            int(spec.get("n_features", DEFAULTS["n_features"])),
+            int(spec.get("ngram_max", 2)),
+            int(spec.get("max_chars", DEFAULTS["max_chars"])),
+        )
 
     def transform(self, texts: Sequence[str]) -> torch.Tensor:
         """A sparse COO float32 tensor [len(texts), len(buckets)]."""
@@ -103,4 +121,6 @@ class NgramFeaturizer:
                 cols.extend(js)
                 vals.extend(v / norm for v in vs)
         index = torch.tensor([rows, cols], dtype=torch.int64) if rows else torch.zeros(2, 0, dtype=torch.int64)
-        return torch.sparse_coo_tensor(index, torch.tensor(vals, dtype=torch.float32), (len(texts), len(self.buckets)), check_invariants=False).coalesce()
+        return torch.sparse_coo_tensor(
+            index, torch.tensor(vals, dtype=torch.float32), (len(texts), len(self.buckets)), check_invariants=False
+        ).coalesce()

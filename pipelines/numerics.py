@@ -1,11 +1,12 @@
 """Device and numeric precision: the fastest choice per device that keeps accuracy."""
+
 from __future__ import annotations
 
 import contextlib
 import math
 import os
+from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import ContextManager
 
 import torch
 from transformers import PreTrainedModel
@@ -99,7 +100,7 @@ def prepare_model(model: PreTrainedModel, device: torch.device, precision: str) 
     return model.to(device)
 
 
-def autocast_context(device: torch.device, precision: str) -> ContextManager:
+def autocast_context(device: torch.device, precision: str) -> AbstractContextManager:
     if device.type == "cpu" and precision == "bf16":
         return torch.autocast("cpu", dtype=torch.bfloat16)
     return contextlib.nullcontext()

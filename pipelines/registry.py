@@ -1,4 +1,5 @@
 """Where the default model and the committed default heads live."""
+
 from __future__ import annotations
 
 import hashlib

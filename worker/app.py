@@ -1,4 +1,5 @@
 """The Faust app: one agent per pipeline, micro-batches with noack_take, acks after delivery."""
+
 from __future__ import annotations
 
 import asyncio
@@ -97,9 +98,16 @@ class WorkerApp:
         self._lag_labels: set[tuple[str, str, str]] = set()
         self._joined = False
         self.pool = ModelPool(model.instances, [p.name for p in pipelines])
-        client = aioredis.from_url(
-            settings.redis_url.get_secret_value(), socket_timeout=2, socket_connect_timeout=2, health_check_interval=10
-        ) if settings.cache_ttl_s > 0 else None
+        client = (
+            aioredis.from_url(
+                settings.redis_url.get_secret_value(),
+                socket_timeout=2,
+                socket_connect_timeout=2,
+                health_check_interval=10,
+            )
+            if settings.cache_ttl_s > 0
+            else None
+        )
         self.cache = ResultCache(client, settings.cache_ttl_s, _on_redis_degraded)
         kafka = KafkaConnection.from_settings(settings)
         self.app = App(
@@ -154,6 +162,7 @@ class WorkerApp:
             reloader.install_signal(asyncio.get_running_loop())
 
         if self.settings.reload_check_s > 0:
+
             @self.app.timer(interval=self.settings.reload_check_s)
             async def reload_on_change() -> None:
                 await reloader.check_files()
@@ -197,8 +206,11 @@ class WorkerApp:
                 await pool.acquire(name)
                 async for events in stream.noack_take(settings.batch_size, within=settings.batch_window_s):
                     delivered = asyncio.Event()
-                    in_flight.append(asyncio.ensure_future(
-                        self._handle(stream, processor, events, previous, delivered, lambda: pool.release(name))))
+                    in_flight.append(
+                        asyncio.ensure_future(
+                            self._handle(stream, processor, events, previous, delivered, lambda: pool.release(name))
+                        )
+                    )
                     previous = delivered
                     # The next batch is taken only once a model instance is free, so it grows while
                     # they are busy (big batches under load, small ones when idle), and while
@@ -283,7 +295,9 @@ class WorkerApp:
                 await asyncio.gather(*futures)
                 break
             except Exception as exc:  # noqa: BLE001 - any delivery failure: never ack, retry
-                log.warning("delivery_failed", pipeline=pipeline, error=f"{type(exc).__name__}: {exc}", retry_in_s=SEND_RETRY_S)
+                log.warning(
+                    "delivery_failed", pipeline=pipeline, error=f"{type(exc).__name__}: {exc}", retry_in_s=SEND_RETRY_S
+                )
                 await asyncio.sleep(SEND_RETRY_S)
                 futures = await self._enqueue(outgoing)
         for o in outgoing:
@@ -306,7 +320,9 @@ class WorkerApp:
                 "redis": redis_ok,
             }
             ready = all(checks.values())
-            return web.json({"ready": ready, "checks": checks, "model": self.model.version()}, status=200 if ready else 503)
+            return web.json(
+                {"ready": ready, "checks": checks, "model": self.model.version()}, status=200 if ready else 503
+            )
 
         @self.app.page("/metrics")
         async def prometheus(web: Any, request: Any) -> Any:

@@ -3,11 +3,13 @@
 Redis being down never stops the stream: lookups miss, writes are skipped, and the cache
 reports itself degraded until a call succeeds again (redis-py reconnects by itself).
 """
+
 from __future__ import annotations
 
 import hashlib
 import json
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
@@ -115,6 +117,10 @@ def _load(value: bytes | None) -> dict[str, Any] | None:
         doc = json.loads(value)
     except ValueError:
         return None
-    if not isinstance(doc, dict) or not isinstance(doc.get("results"), dict) or not isinstance(doc.get("truncated"), bool):
+    if (
+        not isinstance(doc, dict)
+        or not isinstance(doc.get("results"), dict)
+        or not isinstance(doc.get("truncated"), bool)
+    ):
         return None
     return doc

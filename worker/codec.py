@@ -9,6 +9,7 @@ the producer's and Kafka's default ~1 MB message limit). A bigger one (a 10 MB e
 event that JSON escaping blows up) carries the first RAW_PREFIX_BYTES bytes, the original size and
 its SHA-256, with raw_truncated=true; its source (topic, partition, offset) re-reads the original.
 """
+
 from __future__ import annotations
 
 import base64
@@ -117,36 +118,36 @@ def decode(raw: bytes | None, source: Source, max_bytes: int = DEFAULT_MAX_EVENT
     if _depth(doc, MAX_DEPTH) > MAX_DEPTH:
         raise DecodeError("nesting_too_deep", f"JSON nested deeper than {MAX_DEPTH} levels")
     if "text" not in doc:
-        raise DecodeError("missing_text", "the event has no \"text\" field")
+        raise DecodeError("missing_text", 'the event has no "text" field')
     text = doc["text"]
     if not isinstance(text, str):
-        raise DecodeError("text_not_string", f"\"text\" is a JSON {type(text).__name__}, not a string")
+        raise DecodeError("text_not_string", f'"text" is a JSON {type(text).__name__}, not a string')
     if text == "":
-        raise DecodeError("empty_text", "\"text\" is empty")
+        raise DecodeError("empty_text", '"text" is empty')
     if not text.strip():
-        raise DecodeError("blank_text", "\"text\" holds only whitespace")
+        raise DecodeError("blank_text", '"text" holds only whitespace')
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:
-        raise DecodeError("invalid_unicode", "\"text\" contains a lone surrogate escape") from None
+        raise DecodeError("invalid_unicode", '"text" contains a lone surrogate escape') from None
     if any(unicodedata.category(ch) == "Cc" and ch not in "\t\n\r" for ch in text):
-        raise DecodeError("control_characters", "\"text\" contains control characters other than tab and newline")
+        raise DecodeError("control_characters", '"text" contains control characters other than tab and newline')
     if not _has_words(text):
-        raise DecodeError("no_words", "\"text\" has no letters or digits (only symbols, emoji or punctuation)")
+        raise DecodeError("no_words", '"text" has no letters or digits (only symbols, emoji or punctuation)')
     event_id = doc.get("id")
     if event_id is None:
         event_id = source.derived_id()
     elif not isinstance(event_id, str):
-        raise DecodeError("id_not_string", f"\"id\" is a JSON {type(event_id).__name__}, not a string")
+        raise DecodeError("id_not_string", f'"id" is a JSON {type(event_id).__name__}, not a string')
     elif not event_id.strip():
-        raise DecodeError("empty_id", "\"id\" is empty")
+        raise DecodeError("empty_id", '"id" is empty')
     elif len(event_id) > MAX_ID_CHARS:
-        raise DecodeError("id_too_long", f"\"id\" is over {MAX_ID_CHARS} characters")
+        raise DecodeError("id_too_long", f'"id" is over {MAX_ID_CHARS} characters')
     metadata = doc.get("metadata", {})
     if metadata is None:
         metadata = {}
     if not isinstance(metadata, dict):
-        raise DecodeError("metadata_not_object", f"\"metadata\" is a JSON {type(metadata).__name__}, not an object")
+        raise DecodeError("metadata_not_object", f'"metadata" is a JSON {type(metadata).__name__}, not an object')
     return InputEvent(id=event_id, text=text, source=source, metadata=metadata)
 
 

@@ -1,4 +1,5 @@
 """Configuration: env vars (BERTSTREAM_*) through pydantic-settings, pipelines from a TOML file."""
+
 from __future__ import annotations
 
 import tomllib

@@ -3,6 +3,7 @@
 The worker (Faust/aiokafka), the start-up checks and admin helpers (kafka-python), and the
 tools all connect through `KafkaConnection`, so that TLS and SASL are honoured everywhere.
 """
+
 from __future__ import annotations
 
 import ssl
@@ -100,13 +101,19 @@ class KafkaConnection:
         context = self.ssl_context()
         if self.sasl_mechanism:
             return faust.SASLCredentials(
-                username=self.sasl_username, password=self._password() or "", ssl_context=context, mechanism=self.sasl_mechanism
+                username=self.sasl_username,
+                password=self._password() or "",
+                ssl_context=context,
+                mechanism=self.sasl_mechanism,
             )
         return faust.SSLCredentials(context) if context else None
 
     def confluent(self) -> dict[str, Any]:
         """A librdkafka configuration dict for confluent-kafka's Producer, Consumer and AdminClient."""
-        conf: dict[str, Any] = {"bootstrap.servers": self.bootstrap, "security.protocol": self.security_protocol.lower()}
+        conf: dict[str, Any] = {
+            "bootstrap.servers": self.bootstrap,
+            "security.protocol": self.security_protocol.lower(),
+        }
         if self.ssl_cafile:
             conf["ssl.ca.location"] = str(self.ssl_cafile)
         if self.ssl_certfile:

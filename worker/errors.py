@@ -1,4 +1,5 @@
 """Start-up failures that stop a process with one line that says what to fix, not a traceback."""
+
 from __future__ import annotations
 
 import functools

@@ -4,6 +4,7 @@ faust-streaming hard-codes `fetch_max_wait_ms=1500` for the worker's consumer. A
 a fetch that long even when new records arrive (the embedded tansu does), which added up to
 1.5 s to every event's latency in our benchmark. The wait is set here instead.
 """
+
 from __future__ import annotations
 
 from typing import Any, ClassVar

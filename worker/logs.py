@@ -1,4 +1,5 @@
 """Structured logs: structlog everywhere (JSON when not on a TTY), stdlib and Faust records included."""
+
 from __future__ import annotations
 
 import logging

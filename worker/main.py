@@ -2,6 +2,7 @@
 
 `python -m worker` and `bertstream worker` both run it.
 """
+
 from __future__ import annotations
 
 import os
@@ -21,26 +22,59 @@ CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
 
 @click.command("worker", context_settings=CONTEXT)
-@click.option("--pipeline", "-p", "pipeline_names", multiple=True, default=["all"], show_default=True,
-              help="Pipeline to run (repeatable); 'all' runs every pipeline of the pipelines file.")
+@click.option(
+    "--pipeline",
+    "-p",
+    "pipeline_names",
+    multiple=True,
+    default=["all"],
+    show_default=True,
+    help="Pipeline to run (repeatable); 'all' runs every pipeline of the pipelines file.",
+)
 @click.option("--brokers", help="Kafka bootstrap servers host:port[,...]  [env BERTSTREAM_KAFKA_BROKERS]")
 @click.option("--redis-url", help="Redis URL, AUTH and TLS included  [env BERTSTREAM_REDIS_URL]")
-@click.option("--pipelines-file", type=click.Path(path_type=Path), help="TOML pipelines file  [env BERTSTREAM_PIPELINES_FILE]")
-@click.option("--model-dir", type=click.Path(path_type=Path), help="Hugging Face model directory  [env BERTSTREAM_MODEL_DIR]")
+@click.option(
+    "--pipelines-file", type=click.Path(path_type=Path), help="TOML pipelines file  [env BERTSTREAM_PIPELINES_FILE]"
+)
+@click.option(
+    "--model-dir", type=click.Path(path_type=Path), help="Hugging Face model directory  [env BERTSTREAM_MODEL_DIR]"
+)
 @click.option("--batch-size", type=int, help="Largest micro-batch  [env BERTSTREAM_BATCH_SIZE]")
-@click.option("--batch-window", "batch_window_s", type=float, help="Seconds to wait to fill a batch  [env BERTSTREAM_BATCH_WINDOW_S]")
-@click.option("--web-port", type=int, help="Port of /healthz, /readyz and /metrics; 0 disables  [env BERTSTREAM_WEB_PORT]")
+@click.option(
+    "--batch-window",
+    "batch_window_s",
+    type=float,
+    help="Seconds to wait to fill a batch  [env BERTSTREAM_BATCH_WINDOW_S]",
+)
+@click.option(
+    "--web-port", type=int, help="Port of /healthz, /readyz and /metrics; 0 disables  [env BERTSTREAM_WEB_PORT]"
+)
 @clear_errors
-def command(pipeline_names: tuple[str, ...], brokers: str | None, redis_url: str | None, pipelines_file: Path | None,
-            model_dir: Path | None, batch_size: int | None, batch_window_s: float | None, web_port: int | None) -> None:
+def command(
+    pipeline_names: tuple[str, ...],
+    brokers: str | None,
+    redis_url: str | None,
+    pipelines_file: Path | None,
+    model_dir: Path | None,
+    batch_size: int | None,
+    batch_window_s: float | None,
+    web_port: int | None,
+) -> None:
     """Run the streaming worker: consume the pipelines' input topics, classify, publish.
 
     Every setting is also an env var BERTSTREAM_<NAME>; options given here win. Scale out by
     starting more workers with the same group id: Kafka spreads the partitions. Stops gracefully
     on SIGTERM or Ctrl-C (the batch in flight is delivered and committed).
     """
-    settings = load_settings(kafka_brokers=brokers, redis_url=redis_url, pipelines_file=pipelines_file, model_dir=model_dir,
-                             batch_size=batch_size, batch_window_s=batch_window_s, web_port=web_port)
+    settings = load_settings(
+        kafka_brokers=brokers,
+        redis_url=redis_url,
+        pipelines_file=pipelines_file,
+        model_dir=model_dir,
+        batch_size=batch_size,
+        batch_window_s=batch_window_s,
+        web_port=web_port,
+    )
     run(settings, list(pipeline_names))
 
 
@@ -69,10 +103,19 @@ def run(settings: Settings, pipeline_names: list[str]) -> None:
 
     app = WorkerApp(settings, pipelines, model, reloader=reloader)
     model.warm_up()
-    log.info("worker_starting", pipelines=[p.name for p in pipelines], model=model.name, version=model.version(),
-             **model.describe(), brokers=settings.kafka_brokers,
-             redis=settings.redis_url.get_secret_value(), web_port=settings.web_port)
-    faust.Worker(app.app, loglevel=settings.log_level, override_logging=False, redirect_stdouts=False).execute_from_commandline()
+    log.info(
+        "worker_starting",
+        pipelines=[p.name for p in pipelines],
+        model=model.name,
+        version=model.version(),
+        **model.describe(),
+        brokers=settings.kafka_brokers,
+        redis=settings.redis_url.get_secret_value(),
+        web_port=settings.web_port,
+    )
+    faust.Worker(
+        app.app, loglevel=settings.log_level, override_logging=False, redirect_stdouts=False
+    ).execute_from_commandline()
 
 
 def main() -> None:

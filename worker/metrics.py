@@ -1,4 +1,5 @@
 """Prometheus metrics, named by Prometheus conventions (base units, _total for counters)."""
+
 from __future__ import annotations
 
 from prometheus_client import Counter, Gauge, Histogram, Info

@@ -1,4 +1,5 @@
 """Build the model the worker serves: the encoder and the heads, from the settings."""
+
 from __future__ import annotations
 
 from pathlib import Path

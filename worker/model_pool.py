@@ -8,6 +8,7 @@ batches under load, small ones when idle, as in Triton's dynamic batcher). Not o
 pipelines: an agent holds a slot while it waits for events, so an idle pipeline would keep an
 instance from a busy one. A batch that finds instances idle borrows them and is split.
 """
+
 from __future__ import annotations
 
 import asyncio

@@ -3,6 +3,7 @@
 Knows Redis (through ResultCache) but not Kafka: records come in, messages to send come out,
 in input order, so that the caller can keep per-key order when it produces them.
 """
+
 from __future__ import annotations
 
 import time
@@ -84,7 +85,7 @@ class BatchProcessor:
         metrics.BATCH_SIZE.labels(name).observe(len(records))
         try:
             return await self._process(records)
-        except Exception as exc:  # noqa: BLE001 - nothing may stall or drop the batch
+        except Exception as exc:
             log.exception("batch_failed", pipeline=name, events=len(records), error=f"{type(exc).__name__}: {exc}")
             detail = f"the worker failed on this batch ({type(exc).__name__}); see the worker log"
             return [self._dead_letter(INTERNAL_ERROR, detail, r) for r in records]
@@ -146,14 +147,22 @@ class BatchProcessor:
             return slots
         keys = [id_key(self.pipeline.name, c.source.topic, c.id) for c in claims]
         owners = await self.cache.claim_ids(keys, [c.source.derived_id() for c in claims])
-        duplicates = {c.source: owner for c, owner in zip(claims, owners) if owner is not None and owner != c.source.derived_id()}
+        duplicates = {
+            c.source: owner for c, owner in zip(claims, owners) if owner is not None and owner != c.source.derived_id()
+        }
         if not duplicates:
             return slots
         out: list[Outgoing | InputEvent] = []
         for slot in slots:
             if isinstance(slot, InputEvent) and slot.source in duplicates:
                 detail = f"id {slot.id[:80]!r} was first used by record {duplicates[slot.source]}"
-                log.warning("dead_letter", pipeline=self.pipeline.name, error=DUPLICATE_ID, detail=detail, **slot.source.__dict__)
+                log.warning(
+                    "dead_letter",
+                    pipeline=self.pipeline.name,
+                    error=DUPLICATE_ID,
+                    detail=detail,
+                    **slot.source.__dict__,
+                )
                 out.append(self._dead_letter(DUPLICATE_ID, detail, by_source[slot.source]))
             else:
                 out.append(slot)

@@ -3,13 +3,14 @@
 The new classifier is loaded and warmed on a thread of its own while the old one keeps
 serving; then it is swapped in between batches. A failed load keeps the old model.
 """
+
 from __future__ import annotations
 
 import asyncio
 import signal
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Callable
 
 import structlog
 
@@ -62,7 +63,12 @@ class ModelReloader:
                 new = await loop.run_in_executor(self._executor, self._load_warm)
             except Exception as exc:  # noqa: BLE001 - a bad new model must not take the worker down
                 metrics.MODEL_RELOADS.labels("failed").inc()
-                log.error("model_reload_failed", reason=reason, error=f"{type(exc).__name__}: {exc}", effect="keeping the old model")
+                log.error(
+                    "model_reload_failed",
+                    reason=reason,
+                    error=f"{type(exc).__name__}: {exc}",
+                    effect="keeping the old model",
+                )
                 return False
             self._seen = fingerprint(self._directories())
             self._apply(new)

@@ -1,4 +1,5 @@
 """Start-up checks: the broker and Redis must answer, or the worker stops with one clear line."""
+
 from __future__ import annotations
 
 import logging
@@ -11,8 +12,8 @@ import redis
 from kafka.errors import KafkaError
 
 from worker.config import Settings
-from worker.errors import StartupError
 from worker.connection import KafkaConnection, ensure_topics
+from worker.errors import StartupError
 from worker.logs import redact
 
 
@@ -54,8 +55,10 @@ def _tls_problem(conn: KafkaConnection, timeout_s: float = 5.0) -> str | None:
     try:
         context = conn.ssl_context()
     except (OSError, ssl.SSLError) as exc:
-        return (f"cannot load the Kafka TLS files ({exc}): check BERTSTREAM_KAFKA_SSL_CAFILE, "
-                "BERTSTREAM_KAFKA_SSL_CERTFILE and BERTSTREAM_KAFKA_SSL_KEYFILE")
+        return (
+            f"cannot load the Kafka TLS files ({exc}): check BERTSTREAM_KAFKA_SSL_CAFILE, "
+            "BERTSTREAM_KAFKA_SSL_CERTFILE and BERTSTREAM_KAFKA_SSL_KEYFILE"
+        )
     assert context is not None
     try:
         with socket.create_connection((host, int(port)), timeout=timeout_s) as sock:
@@ -68,15 +71,21 @@ def _tls_problem(conn: KafkaConnection, timeout_s: float = 5.0) -> str | None:
                     pass
                 return None
     except ssl.SSLCertVerificationError as exc:
-        return (f"Kafka broker {host}:{port}: TLS certificate not trusted ({exc.verify_message}): "
-                "set BERTSTREAM_KAFKA_SSL_CAFILE to the CA that signed it")
+        return (
+            f"Kafka broker {host}:{port}: TLS certificate not trusted ({exc.verify_message}): "
+            "set BERTSTREAM_KAFKA_SSL_CAFILE to the CA that signed it"
+        )
     except ssl.SSLError as exc:
         if "CERTIFICATE_REQUIRED" in str(exc.reason):
-            return (f"Kafka broker {host}:{port} wants a client certificate ({exc.reason}): set "
-                    "BERTSTREAM_KAFKA_SSL_CERTFILE and BERTSTREAM_KAFKA_SSL_KEYFILE")
-        return (f"Kafka broker {host}:{port}: TLS handshake failed ({exc.reason}): check that the listener "
-                "speaks TLS, BERTSTREAM_KAFKA_SECURITY_PROTOCOL, and a client certificate "
-                "(BERTSTREAM_KAFKA_SSL_CERTFILE/_KEYFILE) if the broker wants one")
+            return (
+                f"Kafka broker {host}:{port} wants a client certificate ({exc.reason}): set "
+                "BERTSTREAM_KAFKA_SSL_CERTFILE and BERTSTREAM_KAFKA_SSL_KEYFILE"
+            )
+        return (
+            f"Kafka broker {host}:{port}: TLS handshake failed ({exc.reason}): check that the listener "
+            "speaks TLS, BERTSTREAM_KAFKA_SECURITY_PROTOCOL, and a client certificate "
+            "(BERTSTREAM_KAFKA_SSL_CERTFILE/_KEYFILE) if the broker wants one"
+        )
     except (OSError, ValueError):
         return None  # not a TLS problem: the caller's "unreachable" line says it
 

@@ -4,6 +4,7 @@ No BERT-base weights can be had offline, so the encoder has random weights and t
 shapes (labels, pooled layers, hidden size) rebuilt for hidden 768, dense part only: the figures
 are speed, not accuracy. Same tokenizer, windows and batching as the default model.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -22,22 +23,39 @@ def base_sized_classifier(precision: str, heads: list[str], device: str, instanc
 
     tokenizer = AutoTokenizer.from_pretrained(default_model_dir(), local_files_only=True)
     torch.manual_seed(0)
-    config = BertConfig(vocab_size=len(tokenizer), hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
-                        intermediate_size=3072, max_position_embeddings=512)
+    config = BertConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=768,
+        num_hidden_layers=12,
+        num_attention_heads=12,
+        intermediate_size=3072,
+        max_position_embeddings=512,
+    )
     model = BertModel(config, add_pooling_layer=False).eval()
     # The worker's engine plan (model instances and threads), as for B.
-    encoder = Encoder(EncoderSettings(device=device, precision=precision, instances=instances),
-                      model=model, tokenizer=tokenizer)
+    encoder = Encoder(
+        EncoderSettings(device=device, precision=precision, instances=instances), model=model, tokenizer=tokenizer
+    )
     built: dict[str, Head] = {}
     for ref in heads:
         spec = load_head(resolve_head_dir(ref))[0].spec
-        built[task_name(ref)] = Head(HeadSpec(name=spec.name, labels=spec.labels, input_dim=768, layers=spec.layers,
-                                              hidden=spec.hidden)).eval()
+        built[task_name(ref)] = Head(
+            HeadSpec(name=spec.name, labels=spec.labels, input_dim=768, layers=spec.layers, hidden=spec.hidden)
+        ).eval()
     return Classifier(encoder, built)
 
 
-def run_base_suite(heads: list[str], tasks: list[str], texts: list[str], device: str, precisions: list[str],
-                   batch: int, min_seconds: float, log: Any, instances: int = 1) -> dict[str, Any]:
+def run_base_suite(
+    heads: list[str],
+    tasks: list[str],
+    texts: list[str],
+    device: str,
+    precisions: list[str],
+    batch: int,
+    min_seconds: float,
+    log: Any,
+    instances: int = 1,
+) -> dict[str, Any]:
     """events/s at batch `batch` for each precision, and the encoder's parameter count."""
     import gc
 

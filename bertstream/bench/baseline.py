@@ -6,6 +6,7 @@ BertForSequenceClassification checkpoint, which we do not have: our heads sit on
 features. So the honest equivalent is `pipeline("feature-extraction")` on the same encoder
 directory (fp32, one text per call, on the bench's device), mean pooling, then our committed heads, one message at a time.
 """
+
 from __future__ import annotations
 
 import json
@@ -16,10 +17,12 @@ from typing import Any
 
 from worker.connection import KafkaConnection
 
-NOTE = ("kafka-python consumer loop; per message: transformers pipeline('feature-extraction') on the "
-        "encoder directory (fp32, one text per call), mean pooling, our heads, one kafka-python send. "
-        "text-classification would need a BertForSequenceClassification checkpoint; our heads sit on "
-        "pooled features, so feature-extraction + the same heads is the equivalent.")
+NOTE = (
+    "kafka-python consumer loop; per message: transformers pipeline('feature-extraction') on the "
+    "encoder directory (fp32, one text per call), mean pooling, our heads, one kafka-python send. "
+    "text-classification would need a BertForSequenceClassification checkpoint; our heads sit on "
+    "pooled features, so feature-extraction + the same heads is the equivalent."
+)
 
 
 def _pipeline(model_dir: Path, layers: set[int], device: str) -> Any:
@@ -43,8 +46,14 @@ def _pipeline(model_dir: Path, layers: set[int], device: str) -> Any:
     return HiddenStates(model=model, tokenizer=AutoTokenizer.from_pretrained(str(model_dir)), device=device)
 
 
-def run_baseline(kafka: KafkaConnection, heads: list[str], values: list[tuple[str, bytes]], model_dir: Path | None,
-                 device: str = "cpu", timeout_s: float = 900) -> dict[str, Any]:
+def run_baseline(
+    kafka: KafkaConnection,
+    heads: list[str],
+    values: list[tuple[str, bytes]],
+    model_dir: Path | None,
+    device: str = "cpu",
+    timeout_s: float = 900,
+) -> dict[str, Any]:
     """Produce `values` up front to a fresh topic, then time the naive loop from its first record
     to the flush of its last output."""
     import torch
@@ -71,8 +80,14 @@ def run_baseline(kafka: KafkaConnection, heads: list[str], values: list[tuple[st
 
     pipe = _pipeline(model_dir, layers, device)
     pipe("warm-up")  # the model is loaded and has run once before the clock starts
-    consumer = KafkaConsumer(topic_in, **kafka.kafka_python(), group_id=f"bench-naive-{run}",
-                             auto_offset_reset="earliest", session_timeout_ms=6000, heartbeat_interval_ms=1000)
+    consumer = KafkaConsumer(
+        topic_in,
+        **kafka.kafka_python(),
+        group_id=f"bench-naive-{run}",
+        auto_offset_reset="earliest",
+        session_timeout_ms=6000,
+        heartbeat_interval_ms=1000,
+    )
     done = 0
     started = None
     deadline = time.monotonic() + timeout_s
@@ -89,14 +104,19 @@ def run_baseline(kafka: KafkaConnection, heads: list[str], values: list[tuple[st
                         if layers == {-1}:
                             pooled = {-1: torch.tensor(out[0]).mean(dim=0, keepdim=True)}
                         else:
-                            pooled = {layer: out.hidden_states[layer][0].float().cpu().mean(dim=0, keepdim=True)
-                                      for layer in layers}
+                            pooled = {
+                                layer: out.hidden_states[layer][0].float().cpu().mean(dim=0, keepdim=True)
+                                for layer in layers
+                            }
                         results = {}
                         for task, head in loaded.items():
                             probs = torch.softmax(head.predict_features(pooled, [event["text"]]), dim=1)[0]
                             top = int(probs.argmax())
-                            results[task] = {"label": head.spec.labels[top], "score": float(probs[top]),
-                                             "scores": dict(zip(head.spec.labels, probs.tolist()))}
+                            results[task] = {
+                                "label": head.spec.labels[top],
+                                "score": float(probs[top]),
+                                "scores": dict(zip(head.spec.labels, probs.tolist())),
+                            }
                     producer.send(topic_out, json.dumps({"id": event["id"], "results": results}).encode())
                     done += 1
         producer.flush()
@@ -106,5 +126,11 @@ def run_baseline(kafka: KafkaConnection, heads: list[str], values: list[tuple[st
         producer.close()
     if done < len(values):
         raise RuntimeError(f"naive baseline: {done}/{len(values)} events within {timeout_s:.0f}s")
-    return {"events": done, "seconds": round(seconds, 4), "events_per_s": round(done / seconds, 2), "device": device,
-            "torch_threads": torch.get_num_threads(), "note": NOTE}
+    return {
+        "events": done,
+        "seconds": round(seconds, 4),
+        "events_per_s": round(done / seconds, 2),
+        "device": device,
+        "torch_threads": torch.get_num_threads(),
+        "note": NOTE,
+    }

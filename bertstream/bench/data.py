@@ -6,13 +6,13 @@
 - every text of a run ends with a reference tag (run id + index), so that a Redis which already
   holds results of an earlier run cannot warm the cold-cache figures.
 """
+
 from __future__ import annotations
 
 import json
 import random
 import re
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from bertstream.demo import DATA as DEMO_DATA

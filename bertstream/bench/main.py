@@ -1,4 +1,4 @@
-"""`bertstream bench`: our path and the baselines side by side, in one run (issue 4, item 3).
+"""`bertstream bench`: our path and the baselines side by side, in one run.
 
 On the same events, model and heads:
 
@@ -13,6 +13,7 @@ On the same events, model and heads:
 
 Everything printed is measured in the run. Writes a JSON report and a PNG beside it.
 """
+
 from __future__ import annotations
 
 import datetime
@@ -42,14 +43,33 @@ def _cpu_name() -> str:
 def _sizes(quick: bool, events: int | None) -> dict[str, Any]:
     if quick:
         n = events or 300
-        return {"events": n, "baseline": min(n, 60), "long_model": 16, "long_e2e": 8, "scaling": sorted({max(20, n // 6), n}),
-                "loads": [0.25, 0.5, 0.9], "load_seconds": 3.0, "min_seconds": 1.0, "eval_per_set": 100,
-                "sweep": [1, 4, 16, 64, 256], "agreement": 100}
+        return {
+            "events": n,
+            "baseline": min(n, 60),
+            "long_model": 16,
+            "long_e2e": 8,
+            "scaling": sorted({max(20, n // 6), n}),
+            "loads": [0.25, 0.5, 0.9],
+            "load_seconds": 3.0,
+            "min_seconds": 1.0,
+            "eval_per_set": 100,
+            "sweep": [1, 4, 16, 64, 256],
+            "agreement": 100,
+        }
     n = events or 2000
-    return {"events": n, "baseline": min(n, 300), "long_model": 64, "long_e2e": 48,
-            "scaling": sorted({max(50, n // 10), max(100, n // 3), n}), "loads": [0.25, 0.5, 0.75, 0.9],
-            "load_seconds": 10.0, "min_seconds": 3.0, "eval_per_set": 500, "sweep": [1, 2, 4, 8, 16, 32, 64, 128, 256],
-            "agreement": 300}
+    return {
+        "events": n,
+        "baseline": min(n, 300),
+        "long_model": 64,
+        "long_e2e": 48,
+        "scaling": sorted({max(50, n // 10), max(100, n // 3), n}),
+        "loads": [0.25, 0.5, 0.75, 0.9],
+        "load_seconds": 10.0,
+        "min_seconds": 3.0,
+        "eval_per_set": 500,
+        "sweep": [1, 2, 4, 8, 16, 32, 64, 128, 256],
+        "agreement": 300,
+    }
 
 
 def _resolve_heads(heads: list[str]) -> list[str]:
@@ -79,17 +99,25 @@ def _eval_heads(heads: list[str], wanted: list[str]) -> list[str]:
     return out
 
 
-def run_bench(out: Path, events: int | None = None, quick: bool = False, heads: list[str] | None = None,
-              brokers: str | None = None, redis_url: str | None = None, skip_baseline: bool = False,
-              base_sized: bool = True, log: Any = None) -> dict[str, Any]:
-    from pipelines.numerics import resolve_device, resolve_precision
-    from pipelines.registry import task_name
+def run_bench(
+    out: Path,
+    events: int | None = None,
+    quick: bool = False,
+    heads: list[str] | None = None,
+    brokers: str | None = None,
+    redis_url: str | None = None,
+    skip_baseline: bool = False,
+    base_sized: bool = True,
+    log: Any = None,
+) -> dict[str, Any]:
     from bertstream.bench import data as bench_data
     from bertstream.bench.model import run_model_suite
     from bertstream.bench.report import format_table, ratios, targets, write_report
     from bertstream.bench.stream import run_stream_suite
-    from worker.config import load_settings
     from bertstream.devservices.stack import services
+    from pipelines.numerics import resolve_device, resolve_precision
+    from pipelines.registry import task_name
+    from worker.config import load_settings
 
     started = time.perf_counter()
     echo = log or (lambda m: click.echo(f"[{time.perf_counter() - started:6.1f}s] {m}", err=True))
@@ -106,11 +134,24 @@ def run_bench(out: Path, events: int | None = None, quick: bool = False, heads: 
     extra_heads = _eval_heads(heads, EVAL_HEADS)
     evals, eval_note = bench_data.eval_sets(tasks + [task_name(h) for h in extra_heads], sizes["eval_per_set"])
 
-    report: dict[str, Any] = {"meta": {
-        "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"), "cpu": _cpu_name(),
-        "cores": os.cpu_count(), "device": str(device), "precision": default_precision, "tasks": tasks, "heads": heads,
-        "quick": quick, "sizes": sizes, "threads_setting": settings.threads, "batch_size": settings.batch_size, "batch_window_s": settings.batch_window_s,
-        "load_avg_at_start": list(os.getloadavg()), "run_id": run}}
+    report: dict[str, Any] = {
+        "meta": {
+            "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+            "cpu": _cpu_name(),
+            "cores": os.cpu_count(),
+            "device": str(device),
+            "precision": default_precision,
+            "tasks": tasks,
+            "heads": heads,
+            "quick": quick,
+            "sizes": sizes,
+            "threads_setting": settings.threads,
+            "batch_size": settings.batch_size,
+            "batch_window_s": settings.batch_window_s,
+            "load_avg_at_start": list(os.getloadavg()),
+            "run_id": run,
+        }
+    }
     with ExitStack() as stack:
         kafka, redis_url, embedded = services(stack, echo, brokers, redis_url)
         report["meta"]["embedded"] = embedded
@@ -118,17 +159,36 @@ def run_bench(out: Path, events: int | None = None, quick: bool = False, heads: 
             from bertstream.bench.baseline import run_baseline
 
             echo(f"A: naive loop on {sizes['baseline']} events")
-            report["A"] = run_baseline(kafka, heads, bench_data.events(short[: sizes["baseline"]], f"{run}-a"),
-                                       settings.model_dir, device=str(device))
-        model = run_model_suite(heads + extra_heads, tasks, short, long, settings.batch_size, default_precision, precisions,
-                                sizes["sweep"], sizes["min_seconds"], evals,
-                                short[: sizes["agreement"]] + long[:8], echo)
+            report["A"] = run_baseline(
+                kafka,
+                heads,
+                bench_data.events(short[: sizes["baseline"]], f"{run}-a"),
+                settings.model_dir,
+                device=str(device),
+            )
+        model = run_model_suite(
+            heads + extra_heads,
+            tasks,
+            short,
+            long,
+            settings.batch_size,
+            default_precision,
+            precisions,
+            sizes["sweep"],
+            sizes["min_seconds"],
+            evals,
+            short[: sizes["agreement"]] + long[:8],
+            echo,
+        )
         report["B"] = model.pop("B")
         report["batch_sweep"] = model.pop("batch_sweep")
         report["accuracy"] = model.pop("accuracy")
         if not evals:
-            report["accuracy"]["note"] = ("no labelled eval set for these heads" + (f" ({eval_note})" if eval_note else "")
-                                          + ": label agreement vs fp32 on the bench texts only")
+            report["accuracy"]["note"] = (
+                "no labelled eval set for these heads"
+                + (f" ({eval_note})" if eval_note else "")
+                + ": label agreement vs fp32 on the bench texts only"
+            )
         report["length_scaling"] = {"model_only": model.pop("length")}
         report["meta"].update({k: v for k, v in model.pop("info").items() if k not in ("device", "precision")})
         import torch
@@ -138,18 +198,44 @@ def run_bench(out: Path, events: int | None = None, quick: bool = False, heads: 
         if base_sized:
             from bertstream.bench.base import run_base_suite
 
-            base_precisions = list(dict.fromkeys(["fp32", default_precision] + ([] if device.type == "cpu" else ["fp16", "bf16"])))
-            report["base_sized"] = run_base_suite(heads, tasks, short, str(device), base_precisions, settings.batch_size,
-                                                  sizes["min_seconds"], echo, instances=settings.model_instances)
-        stream = run_stream_suite(kafka, redis_url, heads, bench_data.short_texts, bench_data.long_texts, sizes["events"],
-                                  sizes["long_e2e"], sizes["scaling"], sizes["loads"], sizes["load_seconds"], log=echo)
+            base_precisions = list(
+                dict.fromkeys(["fp32", default_precision] + ([] if device.type == "cpu" else ["fp16", "bf16"]))
+            )
+            report["base_sized"] = run_base_suite(
+                heads,
+                tasks,
+                short,
+                str(device),
+                base_precisions,
+                settings.batch_size,
+                sizes["min_seconds"],
+                echo,
+                instances=settings.model_instances,
+            )
+        stream = run_stream_suite(
+            kafka,
+            redis_url,
+            heads,
+            bench_data.short_texts,
+            bench_data.long_texts,
+            sizes["events"],
+            sizes["long_e2e"],
+            sizes["scaling"],
+            sizes["loads"],
+            sizes["load_seconds"],
+            log=echo,
+        )
         # B again, after the stream: how much the machine's load drifted between B and C.
         from bertstream.bench.model import load_classifier, throughput
 
         echo("model only: B again (drift check)")
         again = load_classifier(default_precision, heads)
-        report["B_again"] = {**throughput(again, short, tasks, settings.batch_size, sizes["min_seconds"],
-                                          min_texts=2 * settings.batch_size), "precision": default_precision}
+        report["B_again"] = {
+            **throughput(
+                again, short, tasks, settings.batch_size, sizes["min_seconds"], min_texts=2 * settings.batch_size
+            ),
+            "precision": default_precision,
+        }
         del again
     report["C"], report["D"] = stream.pop("C"), stream.pop("D")
     if "long" in stream:
@@ -162,38 +248,69 @@ def run_bench(out: Path, events: int | None = None, quick: bool = False, heads: 
     report["meta"]["load_avg_at_end"] = list(os.getloadavg())
     png = write_report(report, out)
     click.echo(format_table(report))
-    click.echo(f"\nreport: {out}  plot: {png}  ({report['meta']['seconds']:.0f} s; load average "
-               f"{report['meta']['load_avg_at_start'][0]:.1f} at start — figures are noisy on a shared machine)")
+    click.echo(
+        f"\nreport: {out}  plot: {png}  ({report['meta']['seconds']:.0f} s; load average "
+        f"{report['meta']['load_avg_at_start'][0]:.1f} at start — figures are noisy on a shared machine)"
+    )
     return report
 
 
 @click.command("bench")
-@click.option("--out", "out", type=click.Path(path_type=Path), default=Path("reports/bench.json"), show_default=True,
-              help="JSON report; a PNG plot is written beside it.")
-@click.option("--events", type=click.IntRange(min=10), default=None,
-              help="Short events for C and D (and model-only); default 2000, or 300 with --quick.")
+@click.option(
+    "--out",
+    "out",
+    type=click.Path(path_type=Path),
+    default=Path("reports/bench.json"),
+    show_default=True,
+    help="JSON report; a PNG plot is written beside it.",
+)
+@click.option(
+    "--events",
+    type=click.IntRange(min=10),
+    default=None,
+    help="Short events for C and D (and model-only); default 2000, or 300 with --quick.",
+)
 @click.option("--quick", is_flag=True, help="Small sizes and short timings: a smoke run, not a measurement.")
-@click.option("--heads", default=",".join(DEFAULT_HEADS), show_default=True,
-              help="Comma-separated heads (committed names or head directories) for A, B, C and D.")
-@click.option("--threads", type=click.IntRange(min=0), default=None,
-              help="torch intra-op threads for every path (A, B and the worker); sets BERTSTREAM_THREADS. "
-                   "Default: BERTSTREAM_THREADS, else torch's default (one per core).")
+@click.option(
+    "--heads",
+    default=",".join(DEFAULT_HEADS),
+    show_default=True,
+    help="Comma-separated heads (committed names or head directories) for A, B, C and D.",
+)
+@click.option(
+    "--threads",
+    type=click.IntRange(min=0),
+    default=None,
+    help="torch intra-op threads for every path (A, B and the worker); sets BERTSTREAM_THREADS. "
+    "Default: BERTSTREAM_THREADS, else torch's default (one per core).",
+)
 @click.option("--skip-baseline", is_flag=True, help="Skip A (the naive loop).")
-@click.option("--base-sized/--no-base-sized", default=True, show_default=True,
-              help="Also measure a BERT-base-sized encoder (random weights), model only, per precision.")
-def bench(out: Path, events: int | None, quick: bool, heads: str, threads: int | None, skip_baseline: bool,
-          base_sized: bool) -> None:
+@click.option(
+    "--base-sized/--no-base-sized",
+    default=True,
+    show_default=True,
+    help="Also measure a BERT-base-sized encoder (random weights), model only, per precision.",
+)
+def bench(
+    out: Path, events: int | None, quick: bool, heads: str, threads: int | None, skip_baseline: bool, base_sized: bool
+) -> None:
     """Throughput and latency of our path against the baselines, in one run.
 
     Uses BERTSTREAM_KAFKA_BROKERS / BERTSTREAM_REDIS_URL when set, otherwise starts an embedded
-    broker and Redis. Prints a table with the targets of issue 4, writes a JSON report and a PNG.
+    broker and Redis. Prints a table with the throughput and latency targets, writes a JSON report and a PNG.
     """
     from pipelines.registry import ModelNotFoundError
 
     if threads is not None:
         os.environ["BERTSTREAM_THREADS"] = str(threads)  # read by load_settings here and by the worker child
     try:
-        run_bench(out, events, quick, [h.strip() for h in heads.split(",") if h.strip()], skip_baseline=skip_baseline,
-                  base_sized=base_sized)
+        run_bench(
+            out,
+            events,
+            quick,
+            [h.strip() for h in heads.split(",") if h.strip()],
+            skip_baseline=skip_baseline,
+            base_sized=base_sized,
+        )
     except ModelNotFoundError as exc:
         raise click.ClickException(str(exc)) from None

@@ -1,11 +1,12 @@
 """Model-only figures (B): `Classifier.predict` on in-memory texts, per precision and batch size."""
+
 from __future__ import annotations
 
 import gc
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from bertstream.bench.data import EvalSet
@@ -13,14 +14,21 @@ from bertstream.bench.data import EvalSet
 
 def load_classifier(precision: str, heads: list[str]) -> Any:
     """The worker's own loading path (worker.model.build_model) at a given precision."""
-    from worker.model import build_model
     from worker.config import load_settings
+    from worker.model import build_model
 
     return build_model(load_settings(precision=precision), heads)
 
 
-def throughput(classifier: Any, texts: list[str], tasks: list[str], batch: int, min_seconds: float,
-               min_texts: int = 0, instances: int | None = None) -> dict[str, Any]:
+def throughput(
+    classifier: Any,
+    texts: list[str],
+    tasks: list[str],
+    batch: int,
+    min_seconds: float,
+    min_texts: int = 0,
+    instances: int | None = None,
+) -> dict[str, Any]:
     """Texts/s of predict() in chunks of `batch`, over whole passes of `texts` (cycled) until both
     `min_seconds` have passed and `min_texts` were classified. One chunk of warm-up first.
 
@@ -39,7 +47,7 @@ def throughput(classifier: Any, texts: list[str], tasks: list[str], batch: int, 
                 i = state["next"]
                 state["next"] = (i + batch) % len(texts)
                 state["done"] += batch  # claimed now, so that the other threads stop in time
-            chunk = texts[i:i + batch]
+            chunk = texts[i : i + batch]
             if len(chunk) < batch:  # wrap around: always full chunks
                 chunk = chunk + texts[: batch - len(chunk)]
             classifier.predict(chunk, tasks)
@@ -51,12 +59,25 @@ def throughput(classifier: Any, texts: list[str], tasks: list[str], batch: int, 
             future.result()
     elapsed = time.perf_counter() - started
     done = state["done"]
-    return {"batch": batch, "texts": done, "calls": state["calls"], "instances": instances, "seconds": round(elapsed, 4),
-            "events_per_s": round(done / elapsed, 2)}
+    return {
+        "batch": batch,
+        "texts": done,
+        "calls": state["calls"],
+        "instances": instances,
+        "seconds": round(elapsed, 4),
+        "events_per_s": round(done / elapsed, 2),
+    }
 
 
-def _one_instance_all_threads(classifier: Any, texts: list[str], tasks: list[str], batch: int, segment: float,
-                              rounds: int, log: Callable[[str], None]) -> dict[str, Any]:
+def _one_instance_all_threads(
+    classifier: Any,
+    texts: list[str],
+    tasks: list[str],
+    batch: int,
+    segment: float,
+    rounds: int,
+    log: Callable[[str], None],
+) -> dict[str, Any]:
     """B with the plan the default replaced: one batch at a time across every core's torch thread."""
     import torch
 
@@ -66,22 +87,30 @@ def _one_instance_all_threads(classifier: Any, texts: list[str], tasks: list[str
     log(f"model only: the other plan, 1 instance x {cores} threads")
     torch.set_num_threads(cores)
     try:
-        fig = _median([throughput(classifier, texts, tasks, batch, segment, min_texts=2 * batch, instances=1)
-                       for _ in range(rounds)])
+        fig = _median(
+            [
+                throughput(classifier, texts, tasks, batch, segment, min_texts=2 * batch, instances=1)
+                for _ in range(rounds)
+            ]
+        )
     finally:
         torch.set_num_threads(threads)
     return {**fig, "threads": cores}
 
 
 def label_agreement(a: list[Any], b: list[Any], tasks: list[str]) -> dict[str, float]:
-    return {task: round(100.0 * sum(x.results[task]["label"] == y.results[task]["label"] for x, y in zip(a, b)) / max(1, len(a)), 3)
-            for task in tasks}
+    return {
+        task: round(
+            100.0 * sum(x.results[task]["label"] == y.results[task]["label"] for x, y in zip(a, b)) / max(1, len(a)), 3
+        )
+        for task in tasks
+    }
 
 
 def predict_all(classifier: Any, texts: list[str], tasks: list[str], batch: int = 64) -> list[Any]:
     out: list[Any] = []
     for start in range(0, len(texts), batch):
-        out += classifier.predict(texts[start:start + batch], tasks)
+        out += classifier.predict(texts[start : start + batch], tasks)
     return out
 
 
@@ -93,10 +122,21 @@ def _median(samples: list[dict[str, Any]]) -> dict[str, Any]:
     return mid
 
 
-def run_model_suite(heads: list[str], tasks: list[str], short: list[str], long: list[str], batch: int,
-                    default_precision: str, precisions: list[str], sweep: list[int], min_seconds: float,
-                    evals: list[EvalSet], agreement_texts: list[str], log: Callable[[str], None],
-                    rounds: int = 3) -> dict[str, Any]:
+def run_model_suite(
+    heads: list[str],
+    tasks: list[str],
+    short: list[str],
+    long: list[str],
+    batch: int,
+    default_precision: str,
+    precisions: list[str],
+    sweep: list[int],
+    min_seconds: float,
+    evals: list[EvalSet],
+    agreement_texts: list[str],
+    log: Callable[[str], None],
+    rounds: int = 3,
+) -> dict[str, Any]:
     """B at the default precision, every precision at batch 64, the batch sweep, short vs long,
     and accuracy parity of each precision against fp32.
 
@@ -116,12 +156,19 @@ def run_model_suite(heads: list[str], tasks: list[str], short: list[str], long: 
             raise RuntimeError(f"heads {missing} not loaded")
         classifiers[classifier.encoder.precision] = classifier
     default = classifiers[order[0]] if order[0] in classifiers else next(iter(classifiers.values()))
-    info = {"device": str(default.encoder.device), "precision": default.encoder.precision, "model": default.encoder.name,
-            "model_version": default.version(tasks), "model_instances": default.encoder.instances}
+    info = {
+        "device": str(default.encoder.device),
+        "precision": default.encoder.precision,
+        "model": default.encoder.name,
+        "model_version": default.version(tasks),
+        "model_instances": default.encoder.instances,
+    }
     from bertstream.bench.data import mean_tokens
 
-    results["tokens"] = {"short_mean": round(mean_tokens(default.encoder.tokenizer, short), 1),
-                         "long_mean": round(mean_tokens(default.encoder.tokenizer, long), 1)}
+    results["tokens"] = {
+        "short_mean": round(mean_tokens(default.encoder.tokenizer, short), 1),
+        "long_mean": round(mean_tokens(default.encoder.tokenizer, long), 1),
+    }
     segment = min_seconds / rounds
     samples: dict[str, list[dict[str, Any]]] = {p: [] for p in classifiers}
     b_samples: list[dict[str, Any]] = []
@@ -137,14 +184,17 @@ def run_model_suite(heads: list[str], tasks: list[str], short: list[str], long: 
     results["B"] = {**b, "precision": info["precision"]}
     for size in sweep:
         log(f"model only: batch sweep, batch {size}")
-        results["batch_sweep"].append(_median([throughput(default, short, tasks, size, segment, min_texts=2 * size)
-                                               for _ in range(rounds)]))
+        results["batch_sweep"].append(
+            _median([throughput(default, short, tasks, size, segment, min_texts=2 * size) for _ in range(rounds)])
+        )
     if default.encoder.device.type == "cpu" and default.encoder.instances > 1:
         results["other_plan"] = _one_instance_all_threads(default, short, tasks, batch, segment, rounds, log)
     log("model only: long texts")
     long_fig = throughput(default, long, tasks, batch, min_seconds, min_texts=min(len(long), 2 * batch))
-    results["length"] = {"short": {**results["B"], "mean_tokens": results["tokens"]["short_mean"]},
-                         "long": {**long_fig, "mean_tokens": results["tokens"]["long_mean"]}}
+    results["length"] = {
+        "short": {**results["B"], "mean_tokens": results["tokens"]["short_mean"]},
+        "long": {**long_fig, "mean_tokens": results["tokens"]["long_mean"]},
+    }
     predictions: dict[str, dict[str, list[Any]]] = {}
     for precision, classifier in classifiers.items():
         log(f"model only: {precision}, parity predictions")
@@ -158,20 +208,33 @@ def run_model_suite(heads: list[str], tasks: list[str], short: list[str], long: 
     return results
 
 
-def _parity(predictions: dict[str, dict[str, list[Any]]], evals: list[EvalSet], tasks: list[str], n_agreement: int) -> dict[str, Any]:
+def _parity(
+    predictions: dict[str, dict[str, list[Any]]], evals: list[EvalSet], tasks: list[str], n_agreement: int
+) -> dict[str, Any]:
     if "fp32" not in predictions:
         return {"note": "fp32 was not run: no parity"}
     ref = predictions["fp32"]
-    out: dict[str, Any] = {"sets": [{"task": e.task, "dataset": e.dataset, "texts": len(e.texts)} for e in evals],
-                           "agreement_texts": n_agreement, "per_precision": {}}
+    out: dict[str, Any] = {
+        "sets": [{"task": e.task, "dataset": e.dataset, "texts": len(e.texts)} for e in evals],
+        "agreement_texts": n_agreement,
+        "per_precision": {},
+    }
     for precision, preds in predictions.items():
-        row: dict[str, Any] = {"agreement_vs_fp32_bench_texts": label_agreement(preds["agreement"], ref["agreement"], tasks)}
+        row: dict[str, Any] = {
+            "agreement_vs_fp32_bench_texts": label_agreement(preds["agreement"], ref["agreement"], tasks)
+        }
         for e in evals:
             got = preds[e.dataset]
             acc = 100.0 * sum(p.results[e.task]["label"] == y for p, y in zip(got, e.labels)) / len(e.labels)
-            ref_acc = 100.0 * sum(p.results[e.task]["label"] == y for p, y in zip(ref[e.dataset], e.labels)) / len(e.labels)
-            row[e.dataset] = {"task": e.task, "accuracy": round(acc, 3), "fp32_accuracy": round(ref_acc, 3),
-                              "delta_points": round(acc - ref_acc, 3),
-                              "agreement_vs_fp32": label_agreement(got, ref[e.dataset], [e.task])[e.task]}
+            ref_acc = (
+                100.0 * sum(p.results[e.task]["label"] == y for p, y in zip(ref[e.dataset], e.labels)) / len(e.labels)
+            )
+            row[e.dataset] = {
+                "task": e.task,
+                "accuracy": round(acc, 3),
+                "fp32_accuracy": round(ref_acc, 3),
+                "delta_points": round(acc - ref_acc, 3),
+                "agreement_vs_fp32": label_agreement(got, ref[e.dataset], [e.task])[e.task],
+            }
         out["per_precision"][precision] = row
     return out

@@ -1,4 +1,5 @@
-"""The bench report: targets (from issue 4) against measured figures, the table, the JSON and the PNG."""
+"""The bench report: the throughput and latency targets against measured figures, the table, the JSON and the PNG."""
+
 from __future__ import annotations
 
 import json
@@ -21,12 +22,19 @@ def ratios(report: dict[str, Any]) -> dict[str, float | None]:
         return round(a / b, 3) if isinstance(a, (int, float)) and isinstance(b, (int, float)) and b > 0 else None
 
     c = _get(report, "C", "events_per_s")
-    return {"C_over_A": div(c, _get(report, "A", "events_per_s")),
-            "C_over_B": div(c, _get(report, "B", "events_per_s")),
-            "B_over_fp32_batch64": div(_get(report, "B", "events_per_s"), _get(report, "model_only", "precisions", "fp32", "batch64", "events_per_s")),
-            "D_over_C": div(_get(report, "D", "events_per_s"), c),
-            "B_again_over_B": div(_get(report, "B_again", "events_per_s"), _get(report, "B", "events_per_s")),
-            "B_over_one_instance": div(_get(report, "B", "events_per_s"), _get(report, "model_only", "other_plan", "events_per_s"))}
+    return {
+        "C_over_A": div(c, _get(report, "A", "events_per_s")),
+        "C_over_B": div(c, _get(report, "B", "events_per_s")),
+        "B_over_fp32_batch64": div(
+            _get(report, "B", "events_per_s"),
+            _get(report, "model_only", "precisions", "fp32", "batch64", "events_per_s"),
+        ),
+        "D_over_C": div(_get(report, "D", "events_per_s"), c),
+        "B_again_over_B": div(_get(report, "B_again", "events_per_s"), _get(report, "B", "events_per_s")),
+        "B_over_one_instance": div(
+            _get(report, "B", "events_per_s"), _get(report, "model_only", "other_plan", "events_per_s")
+        ),
+    }
 
 
 def half_peak_latency(report: dict[str, Any]) -> dict[str, Any] | None:
@@ -41,16 +49,33 @@ def targets(report: dict[str, Any]) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
 
     def add(name: str, target: str, measured: Any, ok: bool | None, unit: str = "") -> None:
-        shown = "n/a" if measured is None else (f"{measured:,.2f}{unit}" if isinstance(measured, float) else f"{measured}{unit}")
-        rows.append({"target": name, "want": target, "measured": measured, "shown": shown,
-                     "status": "n/a" if ok is None else ("PASS" if ok else "MISS")})
+        shown = (
+            "n/a"
+            if measured is None
+            else (f"{measured:,.2f}{unit}" if isinstance(measured, float) else f"{measured}{unit}")
+        )
+        rows.append(
+            {
+                "target": name,
+                "want": target,
+                "measured": measured,
+                "shown": shown,
+                "status": "n/a" if ok is None else ("PASS" if ok else "MISS"),
+            }
+        )
 
     def cmp(value: Any, check: Callable[[float], bool]) -> bool | None:
         return None if value is None else bool(check(value))
 
     add("C/A (worker vs naive loop)", ">= 10x", r.get("C_over_A"), cmp(r.get("C_over_A"), lambda v: v >= 10), "x")
     add("C/B (streaming overhead)", ">= 0.8", r.get("C_over_B"), cmp(r.get("C_over_B"), lambda v: v >= 0.8))
-    add("B / fp32 batch 64", ">= 2.5x", r.get("B_over_fp32_batch64"), cmp(r.get("B_over_fp32_batch64"), lambda v: v >= 2.5), "x")
+    add(
+        "B / fp32 batch 64",
+        ">= 2.5x",
+        r.get("B_over_fp32_batch64"),
+        cmp(r.get("B_over_fp32_batch64"), lambda v: v >= 2.5),
+        "x",
+    )
     d = _get(report, "D", "events_per_s")
     add("D warm cache events/s", ">= 2,000", d, cmp(d, lambda v: v >= 2000))
     half = half_peak_latency(report)
@@ -68,32 +93,49 @@ def targets(report: dict[str, Any]) -> list[dict[str, Any]]:
         else:
             agree = row.get("agreement_vs_fp32_bench_texts", {})
             worst = min(agree.values()) if agree else None
-            add(f"{precision} label agreement vs fp32 (no labelled set)", "(accuracy target needs a labelled set)",
-                worst, None, " %")
+            add(
+                f"{precision} label agreement vs fp32 (no labelled set)",
+                "(accuracy target needs a labelled set)",
+                worst,
+                None,
+                " %",
+            )
     device = _get(report, "meta", "device") or "cpu"
     b = _get(report, "B", "events_per_s")
-    add("GPU model-only events/s (H200)", ">= 20,000", b if device.startswith("cuda") else None,
-        cmp(b, lambda v: v >= 20000) if device.startswith("cuda") else None)
+    add(
+        "GPU model-only events/s (H200)",
+        ">= 20,000",
+        b if device.startswith("cuda") else None,
+        cmp(b, lambda v: v >= 20000) if device.startswith("cuda") else None,
+    )
     return rows
 
 
 def format_table(report: dict[str, Any]) -> str:
     lines = []
     meta = report.get("meta", {})
-    lines.append(f"bertstream bench — {meta.get('date', '')}, {meta.get('cpu', '')}, {meta.get('cores', '?')} cores, "
-                 f"device {meta.get('device', '?')}, default precision {meta.get('precision', '?')}")
-    lines.append(f"model {meta.get('model', '?')}, heads {', '.join(meta.get('tasks', []))}, "
-                 f"short texts ~{_get(report, 'model_only', 'tokens', 'short_mean')} tokens, "
-                 f"long ~{_get(report, 'model_only', 'tokens', 'long_mean')} tokens")
-    lines.append(f"engine: {meta.get('model_instances', '?')} model instance(s) x {meta.get('torch_threads_model_only', '?')} "
-                 "torch thread(s), for B and the worker alike")
+    lines.append(
+        f"bertstream bench — {meta.get('date', '')}, {meta.get('cpu', '')}, {meta.get('cores', '?')} cores, "
+        f"device {meta.get('device', '?')}, default precision {meta.get('precision', '?')}"
+    )
+    lines.append(
+        f"model {meta.get('model', '?')}, heads {', '.join(meta.get('tasks', []))}, "
+        f"short texts ~{_get(report, 'model_only', 'tokens', 'short_mean')} tokens, "
+        f"long ~{_get(report, 'model_only', 'tokens', 'long_mean')} tokens"
+    )
+    lines.append(
+        f"engine: {meta.get('model_instances', '?')} model instance(s) x {meta.get('torch_threads_model_only', '?')} "
+        "torch thread(s), for B and the worker alike"
+    )
     lines.append("")
     lines.append(f"{'path':<58} {'events':>7} {'events/s':>10}")
     lines.append("-" * 77)
 
     def row(name: str, fig: dict[str, Any] | None, extra: str = "") -> None:
         if fig:
-            lines.append(f"{name:<58} {fig.get('events', fig.get('texts', 0)):>7} {fig['events_per_s']:>10,.1f}  {extra}")
+            lines.append(
+                f"{name:<58} {fig.get('events', fig.get('texts', 0)):>7} {fig['events_per_s']:>10,.1f}  {extra}"
+            )
 
     row("A  naive: kafka-python loop + HF pipeline per message", report.get("A"))
     b = report.get("B")
@@ -105,8 +147,10 @@ def format_table(report: dict[str, Any]) -> str:
         row(f"   model only, {precision} batch 64", entry.get("batch64"))
     other = _get(report, "model_only", "other_plan")
     if other:
-        row(f"   model only, {b.get('precision') if b else ''} batch {other.get('batch')}, 1 instance x {other.get('threads')} threads",
-            other)
+        row(
+            f"   model only, {b.get('precision') if b else ''} batch {other.get('batch')}, 1 instance x {other.get('threads')} threads",
+            other,
+        )
     row("   B again, after the end-to-end runs (drift check)", report.get("B_again"))
     for precision, entry in (_get(report, "base_sized", "precisions") or {}).items():
         row(f"   BERT-base-sized (random weights), model only, {precision}", entry)
@@ -119,39 +163,59 @@ def format_table(report: dict[str, Any]) -> str:
     lines.append("ratios: " + ", ".join(f"{k} {v:.2f}" for k, v in r.items() if v is not None))
     drift = r.get("B_again_over_B")
     if drift is not None and not 0.8 <= drift <= 1.25:
-        lines.append(f"WARNING: model-only throughput changed {drift:.2f}x between B and its repeat after C: the machine's "
-                     "load changed during the run, so ratios across phases are unreliable (rerun on a quiet machine, "
-                     "or pin --threads)")
+        lines.append(
+            f"WARNING: model-only throughput changed {drift:.2f}x between B and its repeat after C: the machine's "
+            "load changed during the run, so ratios across phases are unreliable (rerun on a quiet machine, "
+            "or pin --threads)"
+        )
     if report.get("latency"):
         lines.append("latency (paced producer; output arrival - send, by id):")
         for p in report["latency"]:
-            lines.append(f"   offered {p['offered_events_per_s']:>8,.1f}/s ({p['fraction_of_peak']:.0%} of C)  achieved "
-                         f"{p['achieved_events_per_s']:>8,.1f}/s  p50 {p['p50_ms']:>7.1f}  p95 {p['p95_ms']:>7.1f}  "
-                         f"p99 {p['p99_ms']:>7.1f} ms"
-                         + (f"  (worker-side p99 {p['worker_side']['p99_ms']:.1f})" if p.get("worker_side") else ""))
+            lines.append(
+                f"   offered {p['offered_events_per_s']:>8,.1f}/s ({p['fraction_of_peak']:.0%} of C)  achieved "
+                f"{p['achieved_events_per_s']:>8,.1f}/s  p50 {p['p50_ms']:>7.1f}  p95 {p['p95_ms']:>7.1f}  "
+                f"p99 {p['p99_ms']:>7.1f} ms"
+                + (f"  (worker-side p99 {p['worker_side']['p99_ms']:.1f})" if p.get("worker_side") else "")
+            )
     if report.get("batch_sweep"):
-        lines.append("model only by batch size: " + ", ".join(f"{s['batch']}: {s['events_per_s']:,.0f}/s" for s in report["batch_sweep"]))
+        lines.append(
+            "model only by batch size: "
+            + ", ".join(f"{s['batch']}: {s['events_per_s']:,.0f}/s" for s in report["batch_sweep"])
+        )
     ls = report.get("length_scaling", {})
     if ls.get("model_only"):
         mo = ls["model_only"]
-        lines.append(f"by text length, model only: short {mo['short']['events_per_s']:,.1f}/s (~{mo['short']['mean_tokens']} tok), "
-                     f"long {mo['long']['events_per_s']:,.1f}/s (~{mo['long']['mean_tokens']} tok)")
+        lines.append(
+            f"by text length, model only: short {mo['short']['events_per_s']:,.1f}/s (~{mo['short']['mean_tokens']} tok), "
+            f"long {mo['long']['events_per_s']:,.1f}/s (~{mo['long']['mean_tokens']} tok)"
+        )
     if report.get("events_scaling"):
-        lines.append("by number of events, end to end cold: " + ", ".join(
-            f"{s['events']}: {s['events_per_s']:,.0f}/s" for s in report["events_scaling"]))
+        lines.append(
+            "by number of events, end to end cold: "
+            + ", ".join(f"{s['events']}: {s['events_per_s']:,.0f}/s" for s in report["events_scaling"])
+        )
     lines.append(f"worker peak RSS (VmHWM): {report.get('worker_peak_rss_mb')} MiB")
     acc = report.get("accuracy", {})
     if acc.get("per_precision"):
-        lines.append("accuracy parity (" + (", ".join(f"{s['dataset']} {s['texts']} texts" for s in acc.get("sets", [])) or
-                                             f"no labelled set: {acc.get('note', '')}") + "):")
+        lines.append(
+            "accuracy parity ("
+            + (
+                ", ".join(f"{s['dataset']} {s['texts']} texts" for s in acc.get("sets", []))
+                or f"no labelled set: {acc.get('note', '')}"
+            )
+            + "):"
+        )
         for precision, prow in acc["per_precision"].items():
-            parts = [f"{v.get('dataset', k)}: acc {v['accuracy']:.2f} (Δ {v['delta_points']:+.2f}, agree {v['agreement_vs_fp32']:.1f}%)"
-                     for k, v in prow.items() if isinstance(v, dict) and "accuracy" in v]
+            parts = [
+                f"{v.get('dataset', k)}: acc {v['accuracy']:.2f} (Δ {v['delta_points']:+.2f}, agree {v['agreement_vs_fp32']:.1f}%)"
+                for k, v in prow.items()
+                if isinstance(v, dict) and "accuracy" in v
+            ]
             agree = prow.get("agreement_vs_fp32_bench_texts", {})
             parts.append("bench texts agree " + ", ".join(f"{t} {a:.1f}%" for t, a in agree.items()))
             lines.append(f"   {precision:<5} " + "; ".join(parts))
     lines.append("")
-    lines.append(f"{'target (issue 4)':<46} {'want':<16} {'measured':>14}  status")
+    lines.append(f"{'target':<46} {'want':<16} {'measured':>14}  status")
     lines.append("-" * 86)
     for t in report.get("targets", []):
         lines.append(f"{t['target']:<46} {t['want']:<16} {t['shown']:>14}  {t['status']}")
@@ -167,15 +231,21 @@ def write_plot(report: dict[str, Any], path: Path) -> None:
     fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
     sweep = report.get("batch_sweep") or []
     if sweep:
-        left.plot([s["batch"] for s in sweep], [s["events_per_s"] for s in sweep], "o-",
-                  label=f"model only, {_get(report, 'B', 'precision')}")
+        left.plot(
+            [s["batch"] for s in sweep],
+            [s["events_per_s"] for s in sweep],
+            "o-",
+            label=f"model only, {_get(report, 'B', 'precision')}",
+        )
     fp32 = _get(report, "model_only", "precisions", "fp32", "batch64", "events_per_s")
     if fp32:
         left.plot([64], [fp32], "s", label="fp32, batch 64")
     for key, style, name in (("C", "--", "C worker, cold"), ("A", ":", "A naive loop")):
         value = _get(report, key, "events_per_s")
         if value:
-            left.axhline(value, linestyle=style, color="gray" if key == "A" else "tab:green", label=f"{name} ({value:,.0f}/s)")
+            left.axhline(
+                value, linestyle=style, color="gray" if key == "A" else "tab:green", label=f"{name} ({value:,.0f}/s)"
+            )
     left.set_xscale("log", base=2)
     left.set_xlabel("batch size (texts)")
     left.set_ylabel("texts / s")
@@ -194,7 +264,9 @@ def write_plot(report: dict[str, Any], path: Path) -> None:
     right.grid(True, alpha=0.3)
     right.legend(fontsize=8)
     meta = report.get("meta", {})
-    fig.suptitle(f"bertstream bench {meta.get('date', '')} — {meta.get('cpu', '')}, device {meta.get('device', '')}", fontsize=9)
+    fig.suptitle(
+        f"bertstream bench {meta.get('date', '')} — {meta.get('cpu', '')}, device {meta.get('device', '')}", fontsize=9
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -5,6 +5,7 @@ One worker child process (bertstream.devservices.stack.start_ready_worker) runs 
 reads the output and dead-letter topics by partition assignment (no group join) and stamps every
 output id with its arrival time; every phase produces its events, then waits for their ids.
 """
+
 from __future__ import annotations
 
 import json
@@ -21,8 +22,8 @@ from pathlib import Path
 from typing import Any, Self
 
 from bertstream.bench.data import events as make_events
-from bertstream.devservices.stack import peak_rss_mb, start_ready_worker, worker_env
 from bertstream.devservices.process import free_port, log_tail
+from bertstream.devservices.stack import peak_rss_mb, start_ready_worker, worker_env
 from worker.connection import KafkaConnection
 
 
@@ -47,8 +48,9 @@ class _Collector(threading.Thread):
         super().__init__(name="bench-collector", daemon=True)
         from kafka import KafkaConsumer, TopicPartition
 
-        self.consumer = KafkaConsumer(**kafka.kafka_python(), group_id=None, enable_auto_commit=False,
-                                      fetch_max_wait_ms=10, max_poll_records=2000)
+        self.consumer = KafkaConsumer(
+            **kafka.kafka_python(), group_id=None, enable_auto_commit=False, fetch_max_wait_ms=10, max_poll_records=2000
+        )
         parts = []
         for topic in topics + [dead_topic]:
             deadline = time.monotonic() + 30
@@ -105,8 +107,10 @@ class _Collector(threading.Thread):
                     return {i: self.arrived[i] for i in ids}
                 left = deadline - time.monotonic()
                 if left <= 0:
-                    raise TimeoutError(f"{missing}/{len(ids)} outputs missing after {timeout_s:.0f}s "
-                                       f"({self.dead_letters} dead letters seen)")
+                    raise TimeoutError(
+                        f"{missing}/{len(ids)} outputs missing after {timeout_s:.0f}s "
+                        f"({self.dead_letters} dead letters seen)"
+                    )
                 self.cond.wait(min(left, 0.5))
 
     def stop(self) -> None:
@@ -117,8 +121,15 @@ class _Collector(threading.Thread):
 class StreamBench:
     """A worker child process and the bench's topics; use as a context manager."""
 
-    def __init__(self, kafka: KafkaConnection, redis_url: str, heads: list[str], log: Callable[[str], None] = lambda m: None,
-                 timeout_s: float = 600, worker_settings: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        kafka: KafkaConnection,
+        redis_url: str,
+        heads: list[str],
+        log: Callable[[str], None] = lambda m: None,
+        timeout_s: float = 600,
+        worker_settings: dict[str, str] | None = None,
+    ) -> None:
         self.kafka, self.redis_url, self.heads, self.log = kafka, redis_url, heads, log
         self.timeout_s = timeout_s
         self.worker_settings = worker_settings or {}
@@ -145,18 +156,29 @@ class StreamBench:
         pipelines_file = self.workdir / "pipelines.toml"
         # The worker as deployed runs several pipelines (news and email by default): a second,
         # idle one here, so that C would show it if an idle pipeline slowed a busy one.
-        pipelines_file.write_text("".join(
-            f'[pipelines.{name}]\ninput = "{self.topics[prefix + "in"]}"\noutput = "{self.topics[prefix + "out"]}"\n'
-            f'dead_letter = "{self.topics[prefix + "dead"]}"\nheads = {json.dumps(self.heads)}\n'
-            for name, prefix in (("bench", ""), ("idle", "idle-"))
-        ))
+        pipelines_file.write_text(
+            "".join(
+                f'[pipelines.{name}]\ninput = "{self.topics[prefix + "in"]}"\noutput = "{self.topics[prefix + "out"]}"\n'
+                f'dead_letter = "{self.topics[prefix + "dead"]}"\nheads = {json.dumps(self.heads)}\n'
+                for name, prefix in (("bench", ""), ("idle", "idle-"))
+            )
+        )
         self.web_port = free_port()
-        env = worker_env(self.kafka.bootstrap, self.redis_url, f"bertstream-bench-{self.run_id}", self.web_port,
-                         pipelines_file=str(pipelines_file), session_timeout_s="6", **self.worker_settings)
+        env = worker_env(
+            self.kafka.bootstrap,
+            self.redis_url,
+            f"bertstream-bench-{self.run_id}",
+            self.web_port,
+            pipelines_file=str(pipelines_file),
+            session_timeout_s="6",
+            **self.worker_settings,
+        )
         self.log_path = self.workdir / "worker.log"
         self.log(f"end to end: starting the worker (log {self.log_path})")
         started = time.perf_counter()
-        self.proc = start_ready_worker(self._stack, env, ["bench", "idle"], self.log_path, self.web_port, timeout_s=self.timeout_s)
+        self.proc = start_ready_worker(
+            self._stack, env, ["bench", "idle"], self.log_path, self.web_port, timeout_s=self.timeout_s
+        )
         self.start_seconds = round(time.perf_counter() - started, 2)
         self.collector = _Collector(self.kafka, [self.topics["out"]], self.topics["dead"])
         self.collector.start()
@@ -187,8 +209,14 @@ class StreamBench:
         except OSError:
             return {}
         out: dict[str, float] = {}
-        for name in ("bertstream_batch_size_sum", "bertstream_batch_size_count", "bertstream_model_duration_seconds_sum",
-                     "bertstream_batch_duration_seconds_sum", "bertstream_cache_hits_total", "bertstream_cache_misses_total"):
+        for name in (
+            "bertstream_batch_size_sum",
+            "bertstream_batch_size_count",
+            "bertstream_model_duration_seconds_sum",
+            "bertstream_batch_duration_seconds_sum",
+            "bertstream_cache_hits_total",
+            "bertstream_cache_misses_total",
+        ):
             out[name] = sum(float(m) for m in re.findall(rf"^{name}\{{[^}}]*\}} (\S+)$", text, flags=re.MULTILINE))
         return out
 
@@ -206,8 +234,12 @@ class StreamBench:
         seconds = last - started
         after = self.metrics()
         cpu_after = cpu_seconds(self.proc.pid)
-        result = {"events": len(values), "seconds": round(seconds, 4), "events_per_s": round(len(values) / seconds, 2),
-                  "cached": sum(1 for _, c in arrived.values() if c)}
+        result = {
+            "events": len(values),
+            "seconds": round(seconds, 4),
+            "events_per_s": round(len(values) / seconds, 2),
+            "cached": sum(1 for _, c in arrived.values() if c),
+        }
         result.update(_worker_stats(before, after, seconds))
         if cpu_before is not None and cpu_after is not None:
             # The CPU the worker process got: cores busy on average over the phase (includes the
@@ -234,9 +266,14 @@ class StreamBench:
         span = max(t for t, _ in arrived.values()) - started
         # The worker's own view: input record timestamp -> output built (excludes output delivery and our read).
         inside = percentiles([self.collector.worker_latency_ms.get(i, 0.0) / 1000 for i in sent])
-        return {"offered_events_per_s": round(rate, 2), "events": len(values),
-                "achieved_events_per_s": round(len(values) / span, 2), **percentiles(latencies),
-                "max_ms": round(1000 * max(latencies), 2), "worker_side": inside}
+        return {
+            "offered_events_per_s": round(rate, 2),
+            "events": len(values),
+            "achieved_events_per_s": round(len(values) / span, 2),
+            **percentiles(latencies),
+            "max_ms": round(1000 * max(latencies), 2),
+            "worker_side": inside,
+        }
 
     def peak_rss_mb(self) -> float | None:
         return round(peak_rss_mb(self.proc.pid), 1) if self.proc is not None and peak_rss_mb(self.proc.pid) else None
@@ -258,15 +295,32 @@ def _worker_stats(before: dict[str, float], after: dict[str, float], seconds: fl
     events = after["bertstream_batch_size_sum"] - before["bertstream_batch_size_sum"]
     model = after["bertstream_model_duration_seconds_sum"] - before["bertstream_model_duration_seconds_sum"]
     handling = after["bertstream_batch_duration_seconds_sum"] - before["bertstream_batch_duration_seconds_sum"]
-    return {"worker": {"batches": int(batches), "mean_batch": round(events / batches, 2) if batches else 0.0,
-                       "model_seconds": round(model, 4), "model_seconds_per_wall_second": round(model / seconds, 3) if seconds else 0.0,
-                       "batch_handling_seconds": round(handling, 4)}}
+    return {
+        "worker": {
+            "batches": int(batches),
+            "mean_batch": round(events / batches, 2) if batches else 0.0,
+            "model_seconds": round(model, 4),
+            "model_seconds_per_wall_second": round(model / seconds, 3) if seconds else 0.0,
+            "batch_handling_seconds": round(handling, 4),
+        }
+    }
 
 
-def run_stream_suite(kafka: KafkaConnection, redis_url: str, heads: list[str], short: Callable[[int, str], list[str]],
-                     long: Callable[[int, str], list[str]], events: int, long_events: int, scaling: list[int],
-                     load_fractions: list[float], load_seconds: float, log: Callable[[str], None] = lambda m: None,
-                     timeout_s: float = 600, worker_settings: dict[str, str] | None = None) -> dict[str, Any]:
+def run_stream_suite(
+    kafka: KafkaConnection,
+    redis_url: str,
+    heads: list[str],
+    short: Callable[[int, str], list[str]],
+    long: Callable[[int, str], list[str]],
+    events: int,
+    long_events: int,
+    scaling: list[int],
+    load_fractions: list[float],
+    load_seconds: float,
+    log: Callable[[str], None] = lambda m: None,
+    timeout_s: float = 600,
+    worker_settings: dict[str, str] | None = None,
+) -> dict[str, Any]:
     """C (cold), D (warm), end-to-end long texts, events scaling, latency vs offered load, peak RSS."""
     out: dict[str, Any] = {}
     with StreamBench(kafka, redis_url, heads, log, timeout_s, worker_settings) as bench:

@@ -1,4 +1,5 @@
 """The `bertstream` command line."""
+
 from __future__ import annotations
 
 import json
@@ -37,8 +38,14 @@ def _lines(source: TextIO) -> Any:
 @cli.command()
 @click.argument("source", type=click.File("r", encoding="utf-8"), default="-")
 @click.option("--topic", "-t", required=True, help="Topic to write to, e.g. news.raw")
-@click.option("--format", "fmt", type=click.Choice(["auto", "jsonl", "text"]), default="auto", show_default=True,
-              help="jsonl: each line is sent as it is; text: each line becomes {\"text\": line}; auto: jsonl if a line starts with '{'.")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["auto", "jsonl", "text"]),
+    default="auto",
+    show_default=True,
+    help="jsonl: each line is sent as it is; text: each line becomes {\"text\": line}; auto: jsonl if a line starts with '{'.",
+)
 @click.option("--brokers", help="Kafka bootstrap servers  [env BERTSTREAM_KAFKA_BROKERS]")
 @clear_errors
 def produce(source: TextIO, topic: str, fmt: str, brokers: str | None) -> None:
@@ -53,7 +60,9 @@ def produce(source: TextIO, topic: str, fmt: str, brokers: str | None) -> None:
 @cli.command()
 @click.argument("topic")
 @click.option("--brokers", help="Kafka bootstrap servers  [env BERTSTREAM_KAFKA_BROKERS]")
-@click.option("--from-beginning/--from-end", default=True, show_default=True, help="Start at the earliest or the latest offset.")
+@click.option(
+    "--from-beginning/--from-end", default=True, show_default=True, help="Start at the earliest or the latest offset."
+)
 @click.option("--max", "max_events", type=int, default=0, help="Stop after this many events (0: no limit).")
 @click.option("--timeout", type=float, default=0, help="Stop after this many seconds without a new event (0: never).")
 @clear_errors
@@ -62,18 +71,26 @@ def tail(topic: str, brokers: str | None, from_beginning: bool, max_events: int,
     from bertstream.feed import tail_topic
 
     settings = load_settings(kafka_brokers=brokers)
-    for value in tail_topic(settings, topic, from_beginning=from_beginning, max_events=max_events, idle_timeout_s=timeout):
+    for value in tail_topic(
+        settings, topic, from_beginning=from_beginning, max_events=max_events, idle_timeout_s=timeout
+    ):
         click.echo(value.decode("utf-8", errors="replace"))
 
 
 @cli.command()
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
 @click.option("--port", type=int, default=9092, show_default=True, help="Port to listen on.")
-@click.option("--tls-cert", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="Serve TLS only, with this PEM certificate (chain); needs --tls-key and socat.")
+@click.option(
+    "--tls-cert",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Serve TLS only, with this PEM certificate (chain); needs --tls-key and socat.",
+)
 @click.option("--tls-key", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="PEM key of --tls-cert.")
-@click.option("--tls-ca", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="CA that signed --tls-cert, for the start-up probe (default: the certificate itself).")
+@click.option(
+    "--tls-ca",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="CA that signed --tls-cert, for the start-up probe (default: the certificate itself).",
+)
 @clear_errors
 def broker(host: str, port: int, tls_cert: Path | None, tls_key: Path | None, tls_ca: Path | None) -> None:
     """Run the embedded Kafka-protocol broker (tansu, memory only) in the foreground.
@@ -103,9 +120,15 @@ def broker(host: str, port: int, tls_cert: Path | None, tls_key: Path | None, tl
 
 @cli.command()
 @click.argument("source", type=click.File("r", encoding="utf-8"), default="-")
-@click.option("--heads", default="sentiment,spam,news_topic,email_topic", show_default=True,
-              help="Comma-separated heads: names of committed heads or head directories.")
-@click.option("--model-dir", type=click.Path(path_type=Path), help="Hugging Face model directory  [env BERTSTREAM_MODEL_DIR]")
+@click.option(
+    "--heads",
+    default="sentiment,spam,news_topic,email_topic",
+    show_default=True,
+    help="Comma-separated heads: names of committed heads or head directories.",
+)
+@click.option(
+    "--model-dir", type=click.Path(path_type=Path), help="Hugging Face model directory  [env BERTSTREAM_MODEL_DIR]"
+)
 @click.option("--batch-size", type=int, default=64, show_default=True, help="Texts per model call.")
 @clear_errors
 def predict(source: TextIO, heads: str, model_dir: Path | None, batch_size: int) -> None:
@@ -118,10 +141,14 @@ def predict(source: TextIO, heads: str, model_dir: Path | None, batch_size: int)
     model = build_model(settings, [h.strip() for h in heads.split(",") if h.strip()])
     lines = list(_lines(source))
     for start in range(0, len(lines), batch_size):
-        chunk = lines[start:start + batch_size]
+        chunk = lines[start : start + batch_size]
         texts = [_text_of(line) for line in chunk]
         for text, prediction in zip(texts, model.run(model.prepare(texts))):
-            click.echo(json.dumps({"text": text, "results": prediction.results, "truncated": prediction.truncated}, ensure_ascii=False))
+            click.echo(
+                json.dumps(
+                    {"text": text, "results": prediction.results, "truncated": prediction.truncated}, ensure_ascii=False
+                )
+            )
 
 
 def _text_of(line: str) -> str:

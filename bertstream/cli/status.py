@@ -4,8 +4,9 @@ dead letters from the workers' /metrics, as a terminal table.
 Lag is the fetch high watermark minus the group's committed offset, per partition of the input
 topic. The high watermark is read from a fetch response (assign, seek to the end, poll), not from
 ListOffsets "latest": the embedded tansu broker answers that with the base offset of the last
-batch + 1, which under-reports lag (DESIGN.md, "Environment facts").
+batch + 1, which under-reports lag.
 """
+
 from __future__ import annotations
 
 import json
@@ -31,7 +32,9 @@ def committed_offsets(settings: Settings, group_id: str) -> dict[tuple[str, int]
 
     from worker.connection import KafkaConnection
 
-    admin = KafkaAdminClient(request_timeout_ms=10000, bootstrap_timeout_ms=10000, **KafkaConnection.from_settings(settings).kafka_python())
+    admin = KafkaAdminClient(
+        request_timeout_ms=10000, bootstrap_timeout_ms=10000, **KafkaConnection.from_settings(settings).kafka_python()
+    )
     try:
         groups = admin.list_group_offsets({group_id: None})
     finally:
@@ -43,8 +46,9 @@ def committed_offsets(settings: Settings, group_id: str) -> dict[tuple[str, int]
     }
 
 
-def high_watermarks(settings: Settings, topics: Iterable[str], timeout_s: float = HIGHWATER_TIMEOUT_S
-                    ) -> dict[str, dict[int, tuple[int, int]]]:
+def high_watermarks(
+    settings: Settings, topics: Iterable[str], timeout_s: float = HIGHWATER_TIMEOUT_S
+) -> dict[str, dict[int, tuple[int, int]]]:
     """{topic: {partition: (log start offset, high watermark)}}; a topic the broker does not know is left out.
 
     The high watermark comes from a fetch response: assign every partition, seek to the end, and
@@ -54,13 +58,20 @@ def high_watermarks(settings: Settings, topics: Iterable[str], timeout_s: float 
 
     from worker.connection import KafkaConnection
 
-    consumer = KafkaConsumer(group_id=None, enable_auto_commit=False, request_timeout_ms=10000, bootstrap_timeout_ms=10000,
-                             max_partition_fetch_bytes=64 * 1024, **KafkaConnection.from_settings(settings).kafka_python())
+    consumer = KafkaConsumer(
+        group_id=None,
+        enable_auto_commit=False,
+        request_timeout_ms=10000,
+        bootstrap_timeout_ms=10000,
+        max_partition_fetch_bytes=64 * 1024,
+        **KafkaConnection.from_settings(settings).kafka_python(),
+    )
     try:
         known = consumer.topics()
         tps = [
             TopicPartition(topic, partition)
-            for topic in dict.fromkeys(topics) if topic in known
+            for topic in dict.fromkeys(topics)
+            if topic in known
             for partition in sorted(consumer.partitions_for_topic(topic) or ())
         ]
         if not tps:
@@ -128,8 +139,9 @@ def _scrape_all(urls: Sequence[str]) -> tuple[list[dict], list[str]]:
 # --- the table ------------------------------------------------------------------------------------
 
 
-def status_rows(settings: Settings, pipelines: Sequence[Pipeline], metrics_urls: Sequence[str] = (),
-                interval_s: float = 0.0) -> list[dict[str, Any]]:
+def status_rows(
+    settings: Settings, pipelines: Sequence[Pipeline], metrics_urls: Sequence[str] = (), interval_s: float = 0.0
+) -> list[dict[str, Any]]:
     """One dict per pipeline.
 
     Keys: pipeline, input, partitions, lag (None when the input topic does not exist),
@@ -161,20 +173,22 @@ def status_rows(settings: Settings, pipelines: Sequence[Pipeline], metrics_urls:
         throughput = None
         if second and first and elapsed > 0:
             throughput = max(0.0, events_in - _sum(first, "bertstream_events_in_total", pipeline.name)) / elapsed
-        rows.append({
-            "pipeline": pipeline.name,
-            "input": pipeline.input,
-            "partitions": len(marks) if marks else 0,
-            "lag": sum(lags.values()) if marks else None,
-            "lag_by_partition": lags,
-            "events_in": events_in if answered else None,
-            "events_out": _sum(latest, "bertstream_events_out_total", pipeline.name) if answered else None,
-            "throughput_per_s": throughput,
-            "cache_hit_rate": hits / (hits + misses) if hits + misses > 0 else None,
-            "dead_letters": _sum(latest, "bertstream_dead_letters_total", pipeline.name) if answered else None,
-            "workers": len(latest),
-            "errors": list(errors),
-        })
+        rows.append(
+            {
+                "pipeline": pipeline.name,
+                "input": pipeline.input,
+                "partitions": len(marks) if marks else 0,
+                "lag": sum(lags.values()) if marks else None,
+                "lag_by_partition": lags,
+                "events_in": events_in if answered else None,
+                "events_out": _sum(latest, "bertstream_events_out_total", pipeline.name) if answered else None,
+                "throughput_per_s": throughput,
+                "cache_hit_rate": hits / (hits + misses) if hits + misses > 0 else None,
+                "dead_letters": _sum(latest, "bertstream_dead_letters_total", pipeline.name) if answered else None,
+                "workers": len(latest),
+                "errors": list(errors),
+            }
+        )
     return rows
 
 
@@ -220,7 +234,7 @@ def render(rows: Sequence[dict[str, Any]]) -> str:
 
     def fmt_line(values: Sequence[str]) -> str:
         out = []
-        for (title, key, _kind), value, width in zip(COLUMNS, values, widths):
+        for (_title, key, _kind), value, width in zip(COLUMNS, values, widths):
             out.append(value.rjust(width) if key in NUMERIC else value.ljust(width))
         return "  ".join(out).rstrip()
 
@@ -235,7 +249,11 @@ def render(rows: Sequence[dict[str, Any]]) -> str:
         else:
             notes.append("no --metrics-url given: throughput, cache hit rate and dead letters need a worker's /metrics")
         notes += [f"unreachable: {e}" for e in errors]
-        notes += [f"input topic {r['input']} does not exist yet (pipeline {r['pipeline']})" for r in rows if r.get("lag") is None]
+        notes += [
+            f"input topic {r['input']} does not exist yet (pipeline {r['pipeline']})"
+            for r in rows
+            if r.get("lag") is None
+        ]
     return "\n".join(lines + notes) + "\n"
 
 
@@ -243,18 +261,45 @@ def render(rows: Sequence[dict[str, Any]]) -> str:
 
 
 @click.command("status")
-@click.option("--pipeline", "-p", "pipeline_names", multiple=True, default=["all"], show_default=True,
-              help="Pipeline to show (repeatable); 'all' shows every pipeline of the pipelines file.")
-@click.option("--metrics-url", "metrics_urls", multiple=True, metavar="URL",
-              help="A worker's metrics page, e.g. http://127.0.0.1:6066/metrics (repeatable: the workers are summed).")
+@click.option(
+    "--pipeline",
+    "-p",
+    "pipeline_names",
+    multiple=True,
+    default=["all"],
+    show_default=True,
+    help="Pipeline to show (repeatable); 'all' shows every pipeline of the pipelines file.",
+)
+@click.option(
+    "--metrics-url",
+    "metrics_urls",
+    multiple=True,
+    metavar="URL",
+    help="A worker's metrics page, e.g. http://127.0.0.1:6066/metrics (repeatable: the workers are summed).",
+)
 @click.option("--brokers", help="Kafka bootstrap servers  [env BERTSTREAM_KAFKA_BROKERS]")
 @click.option("--group-id", help="Consumer group of the workers  [env BERTSTREAM_GROUP_ID]")
-@click.option("--pipelines-file", type=click.Path(path_type=Path), help="TOML pipelines file  [env BERTSTREAM_PIPELINES_FILE]")
-@click.option("--interval", "interval_s", type=float, default=2.0, show_default=True,
-              help="Seconds between the two scrapes that give the throughput (0: one scrape, no throughput).")
+@click.option(
+    "--pipelines-file", type=click.Path(path_type=Path), help="TOML pipelines file  [env BERTSTREAM_PIPELINES_FILE]"
+)
+@click.option(
+    "--interval",
+    "interval_s",
+    type=float,
+    default=2.0,
+    show_default=True,
+    help="Seconds between the two scrapes that give the throughput (0: one scrape, no throughput).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the rows as JSON instead of a table.")
-def status(pipeline_names: tuple[str, ...], metrics_urls: tuple[str, ...], brokers: str | None, group_id: str | None,
-           pipelines_file: Path | None, interval_s: float, as_json: bool) -> None:
+def status(
+    pipeline_names: tuple[str, ...],
+    metrics_urls: tuple[str, ...],
+    brokers: str | None,
+    group_id: str | None,
+    pipelines_file: Path | None,
+    interval_s: float,
+    as_json: bool,
+) -> None:
     """Show per pipeline: consumer lag (from the broker), throughput, cache hit rate and dead letters
     (from the workers' /metrics)."""
     from kafka.errors import KafkaError
@@ -271,8 +316,10 @@ def status(pipeline_names: tuple[str, ...], metrics_urls: tuple[str, ...], broke
         if settings is not None and not isinstance(exc, ConfigError):
             if not message.startswith(type(exc).__name__):
                 message = f"{type(exc).__name__}: {message}"
-            message = (f"cannot read offsets from the Kafka broker {settings.kafka_brokers} ({message}): "
-                       "start one or set --brokers / BERTSTREAM_KAFKA_BROKERS")
+            message = (
+                f"cannot read offsets from the Kafka broker {settings.kafka_brokers} ({message}): "
+                "start one or set --brokers / BERTSTREAM_KAFKA_BROKERS"
+            )
         from worker.errors import UserError
 
         raise UserError(message) from None

@@ -1,4 +1,5 @@
 """`bertstream demo`: the whole job on embedded defaults, with the sample events in `data/`."""
+
 from pathlib import Path
 
 DATA = Path(__file__).resolve().parent / "data"

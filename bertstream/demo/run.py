@@ -1,4 +1,5 @@
 """`bertstream demo`: the whole path on embedded defaults, with a readable result table."""
+
 from __future__ import annotations
 
 import json
@@ -15,13 +16,12 @@ from typing import Any
 import click
 from tqdm import tqdm
 
-from worker.config import Pipeline, load_pipelines, load_settings
-from bertstream.feed import make_consumer, make_producer
-from bertstream.devservices.stack import services, start_ready_worker, worker_env
-from bertstream.devservices.process import free_port
-from bertstream.devservices.worker_process import WorkerStartError
-
 from bertstream.demo import DATA as DEMO_DATA
+from bertstream.devservices.process import free_port
+from bertstream.devservices.stack import services, start_ready_worker, worker_env
+from bertstream.devservices.worker_process import WorkerStartError
+from bertstream.feed import make_consumer, make_producer
+from worker.config import Pipeline, load_pipelines, load_settings
 
 
 @dataclass
@@ -40,8 +40,15 @@ def _load_events(name: str, count: int) -> list[dict[str, Any]]:
     return [lines[i % len(lines)] for i in range(count)]
 
 
-def _run_pass(settings: Any, pipelines: dict[str, Pipeline], feed: dict[str, list[bytes]], expected_ids: set[str],
-              expected_dead: int, label: str, timeout_s: float = 600) -> PassResult:
+def _run_pass(
+    settings: Any,
+    pipelines: dict[str, Pipeline],
+    feed: dict[str, list[bytes]],
+    expected_ids: set[str],
+    expected_dead: int,
+    label: str,
+    timeout_s: float = 600,
+) -> PassResult:
     """Produce the feed, then read outputs until every expected id and dead letter has come back.
 
     Reads the output topics from the start and keeps only this pass's events (by id, and by
@@ -92,7 +99,10 @@ def _print_table(title: str, rows: list[tuple[str, dict[str, Any]]]) -> None:
     click.echo(f"{'text':<48}  {'labels (score)':<84}  cached")
     click.echo("-" * 142)
     for text, out in rows:
-        labels = ", ".join(f"{'topic' if task.endswith('_topic') else task}={_short(r['label'], 24)} ({r['score']:.2f})" for task, r in out["results"].items())
+        labels = ", ".join(
+            f"{'topic' if task.endswith('_topic') else task}={_short(r['label'], 24)} ({r['score']:.2f})"
+            for task, r in out["results"].items()
+        )
         click.echo(f"{_short(text, 48):<48}  {_short(labels, 84):<84}  {'yes' if out['cached'] else 'no'}")
 
 
@@ -130,7 +140,9 @@ def run_demo(events: int = 300, rows: int = 12) -> None:
             return {event_id(e, suffix, i) for evs in batches.values() for i, e in enumerate(evs)}
 
         total = sum(len(v) for v in batches.values())
-        first = _run_pass(settings, pipelines, feed("a", True), ids("a"), len(malformed) * len(batches), "pass 1 (cold cache)")
+        first = _run_pass(
+            settings, pipelines, feed("a", True), ids("a"), len(malformed) * len(batches), "pass 1 (cold cache)"
+        )
         second = _run_pass(settings, pipelines, feed("b", False), ids("b"), 0, "pass 2 (same texts)")
 
         for name, evs in batches.items():
@@ -155,4 +167,6 @@ def run_demo(events: int = 300, rows: int = 12) -> None:
             pass
         missing = total - len(first.outputs)
         if missing or len(second.outputs) < total:
-            raise click.ClickException(f"{missing} events of pass 1 and {total - len(second.outputs)} of pass 2 got no output")
+            raise click.ClickException(
+                f"{missing} events of pass 1 and {total - len(second.outputs)} of pass 2 got no output"
+            )

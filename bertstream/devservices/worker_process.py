@@ -1,4 +1,5 @@
 """Run `bertstream worker` as a child process and wait until it is ready (demo, bench, tests)."""
+
 from __future__ import annotations
 
 import json
@@ -6,8 +7,8 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from bertstream.devservices.process import log_tail
 
@@ -21,8 +22,9 @@ def start_worker_process(env: dict[str, str], pipelines: list[str], log_path: Pa
     for name in pipelines:
         args += ["--pipeline", name]
     with open(log_path, "ab") as log:
-        return subprocess.Popen(args, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+        return subprocess.Popen(
+            args, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
 
 
 def readyz(port: int) -> bool:
@@ -33,8 +35,13 @@ def readyz(port: int) -> bool:
         return False
 
 
-def wait_ready(proc: subprocess.Popen[bytes], port: int, log_path: Path, timeout_s: float = 300,
-               tick: Callable[[], None] = lambda: None) -> None:
+def wait_ready(
+    proc: subprocess.Popen[bytes],
+    port: int,
+    log_path: Path,
+    timeout_s: float = 300,
+    tick: Callable[[], None] = lambda: None,
+) -> None:
     """Until /readyz says ready; WorkerStartError with the log tail if the worker dies or times out."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:

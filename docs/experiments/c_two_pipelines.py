@@ -5,6 +5,7 @@ broker and Redis when none is configured). Default: 2,000 short events to one pi
 other is idle, as `make bench` measures C. `--both`: 2,000 to each pipeline at the same moment;
 events/s counts both, from the first send to the last output of either.
 """
+
 from __future__ import annotations
 
 import sys
@@ -21,8 +22,10 @@ EVENTS = 2000
 def both_busy(bench: StreamBench, collector: _Collector, label: str) -> str:
     before = bench.metrics()
     sent = {}
-    for topic, tag in ((bench.topics["in"], "a"), (bench.topics["idle-in"], "b")):
-        sent[tag] = bench_data.events(bench_data.short_texts(EVENTS, f"{bench.run_id}-{label}{tag}"), f"{bench.run_id}-{label}{tag}")
+    for _topic, tag in ((bench.topics["in"], "a"), (bench.topics["idle-in"], "b")):
+        sent[tag] = bench_data.events(
+            bench_data.short_texts(EVENTS, f"{bench.run_id}-{label}{tag}"), f"{bench.run_id}-{label}{tag}"
+        )
     started = time.perf_counter()
     for i in range(EVENTS):  # interleaved, so both pipelines get load from the start
         bench.producer.send(bench.topics["in"], sent["a"][i][1])
@@ -40,9 +43,9 @@ def main(runs: int, both: bool) -> None:
 
     heads = _resolve_heads(DEFAULT_HEADS)
     with ExitStack() as stack:
-        brokers, redis_url, _ = services(stack)
-        with StreamBench(brokers, redis_url, heads, timeout_s=600) as bench:
-            collector = _Collector(brokers, [bench.topics["idle-out"]], bench.topics["idle-dead"])
+        kafka, redis_url, _ = services(stack)
+        with StreamBench(kafka, redis_url, heads, timeout_s=600) as bench:
+            collector = _Collector(kafka, [bench.topics["idle-out"]], bench.topics["idle-dead"])
             collector.start()
             stack.callback(collector.stop)
             for i in range(runs):
@@ -50,7 +53,10 @@ def main(runs: int, both: bool) -> None:
                     print(f"both busy, run {i}: {both_busy(bench, collector, f'm{i}')}", flush=True)
                 else:
                     r = bench.burst(bench_data.short_texts(EVENTS, f"{bench.run_id}-c{i}"), f"c{i}")
-                    print(f"C run {i}: {r['events_per_s']:.1f} events/s, mean batch {r.get('worker', {}).get('mean_batch')}", flush=True)
+                    print(
+                        f"C run {i}: {r['events_per_s']:.1f} events/s, mean batch {r.get('worker', {}).get('mean_batch')}",
+                        flush=True,
+                    )
 
 
 if __name__ == "__main__":

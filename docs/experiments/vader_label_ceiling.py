@@ -7,6 +7,7 @@ a perfect model could reach on the test split:
 
 Run: `.venv/bin/python docs/experiments/vader_label_ceiling.py` (needs `bertstream data vader`).
 """
+
 from __future__ import annotations
 
 import numpy as np

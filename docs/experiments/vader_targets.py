@@ -13,6 +13,7 @@ Each classifier also gets a neutral-logit offset chosen on val for macro-F1.
 Run: `.venv/bin/python docs/experiments/vader_targets.py ce reg soft soft0.5 both`
 (needs `bertstream data vader`; encodes the set once into the feature cache).
 """
+
 from __future__ import annotations
 
 import math
@@ -75,14 +76,22 @@ def loss_of(kind: str, out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return -(target * out.log_softmax(1)).sum(1).mean()
     if kind == "reg":
         return nn.functional.smooth_l1_loss(out[:, 0], target)
-    return nn.functional.cross_entropy(out[:, :3], target[:, 0].long()) + 0.5 * nn.functional.smooth_l1_loss(out[:, 3], target[:, 1])
+    return nn.functional.cross_entropy(out[:, :3], target[:, 0].long()) + 0.5 * nn.functional.smooth_l1_loss(
+        out[:, 3], target[:, 1]
+    )
 
 
-def train(kind: str, target: torch.Tensor, epochs: int = 40, patience: int = 8, seed: int = 13) -> tuple[nn.Module, int]:
+def train(
+    kind: str, target: torch.Tensor, epochs: int = 40, patience: int = 8, seed: int = 13
+) -> tuple[nn.Module, int]:
     torch.manual_seed(seed)
-    net = nn.Sequential(nn.Linear(x_all.shape[1], 512), nn.GELU(), nn.Dropout(0.3), nn.Linear(512, {"reg": 1, "both": 4}.get(kind, 3)))
+    net = nn.Sequential(
+        nn.Linear(x_all.shape[1], 512), nn.GELU(), nn.Dropout(0.3), nn.Linear(512, {"reg": 1, "both": 4}.get(kind, 3))
+    )
     opt = torch.optim.AdamW(net.parameters(), lr=3e-4, weight_decay=0.05)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=3e-4, total_steps=epochs * math.ceil(len(tr) / 64), pct_start=0.1)
+    sched = torch.optim.lr_scheduler.OneCycleLR(
+        opt, max_lr=3e-4, total_steps=epochs * math.ceil(len(tr) / 64), pct_start=0.1
+    )
     gen = torch.Generator().manual_seed(seed)
     xs, best, stale = norm(x_all[tr]), (-1.0, {}, 0), 0
     for epoch in range(1, epochs + 1):
@@ -109,7 +118,10 @@ def train(kind: str, target: torch.Tensor, epochs: int = 40, patience: int = 8, 
 def report(name: str, pred_val: torch.Tensor, pred_test: torch.Tensor) -> None:
     v = summary_metrics(y_all[va].tolist(), pred_val.tolist(), 3)
     t = summary_metrics(y_test.tolist(), pred_test.tolist(), 3)
-    print(f"{name:36s} val acc {v['accuracy']:.4f} macro-F1 {v['macro_f1']:.4f} | test acc {t['accuracy']:.4f} macro-F1 {t['macro_f1']:.4f}", flush=True)
+    print(
+        f"{name:36s} val acc {v['accuracy']:.4f} macro-F1 {v['macro_f1']:.4f} | test acc {t['accuracy']:.4f} macro-F1 {t['macro_f1']:.4f}",
+        flush=True,
+    )
 
 
 def val_f1(pred: torch.Tensor) -> float:
@@ -118,8 +130,12 @@ def val_f1(pred: torch.Tensor) -> float:
 
 for arg in sys.argv[1:] or ["ce"]:
     kind = "soft" if arg.startswith("soft") else arg
-    target = {"ce": lambda: y_all, "reg": lambda: mean_all, "both": lambda: torch.stack([y_all.float(), mean_all], 1),
-              "soft": lambda: soft_labels(train_texts, float(arg[4:] or 1))}[kind]()
+    target = {
+        "ce": lambda: y_all,
+        "reg": lambda: mean_all,
+        "both": lambda: torch.stack([y_all.float(), mean_all], 1),
+        "soft": lambda: soft_labels(train_texts, float(arg[4:] or 1)),  # noqa: B023 - called at once
+    }[kind]()
     net, epoch = train(kind, target)
     with torch.no_grad():
         out_val, out_test = net(norm(x_all[va])), net(norm(x_test))
@@ -127,7 +143,9 @@ for arg in sys.argv[1:] or ["ce"]:
     if kind == "reg":
         grid = [(lo, hi) for lo in np.arange(-0.9, -0.09, 0.05) for hi in np.arange(0.1, 0.91, 0.05)]
         lo, hi = max(grid, key=lambda g: val_f1(decide("reg", out_val, *g)))
-        report(f"  thresholds {lo:.2f} / {hi:.2f} (val)", decide("reg", out_val, lo, hi), decide("reg", out_test, lo, hi))
+        report(
+            f"  thresholds {lo:.2f} / {hi:.2f} (val)", decide("reg", out_val, lo, hi), decide("reg", out_test, lo, hi)
+        )
     else:
         shift = lambda o, b: o[:, :3] + torch.tensor([0.0, b, 0.0])  # noqa: E731
         b = max(np.arange(-1.0, 2.01, 0.05), key=lambda b: val_f1(shift(out_val, b).argmax(1)))

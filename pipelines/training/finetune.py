@@ -3,6 +3,7 @@
 Multi-task when several datasets are given. Writes a Hugging Face-loadable encoder directory
 plus one head directory per task, loadable with ``Encoder(EncoderSettings(model_dir=...))``.
 """
+
 from __future__ import annotations
 
 import json
@@ -78,15 +79,21 @@ def finetune(
     hidden = model.config.hidden_size
     tasks = [_make_task(name, data, hidden, val_fraction, seed, max_train) for name, data in zip(names, datasets_)]
     linears = nn.ModuleList([t.linear for t in tasks])
-    optim = torch.optim.AdamW([{"params": model.parameters(), "lr": lr}, {"params": linears.parameters(), "lr": head_lr}], weight_decay=0.01)
+    optim = torch.optim.AdamW(
+        [{"params": model.parameters(), "lr": lr}, {"params": linears.parameters(), "lr": head_lr}], weight_decay=0.01
+    )
     steps_per_epoch = sum(math.ceil(len(t.train) / batch_size) for t in tasks)
-    sched = torch.optim.lr_scheduler.OneCycleLR(optim, max_lr=[lr, head_lr], total_steps=max(steps_per_epoch * epochs, 1), pct_start=0.1)
+    sched = torch.optim.lr_scheduler.OneCycleLR(
+        optim, max_lr=[lr, head_lr], total_steps=max(steps_per_epoch * epochs, 1), pct_start=0.1
+    )
     rng = random.Random(seed)
     history: dict[str, list] = {"epoch": [], "train_loss": [], "val_macro_f1": []}
     best_score, best_state, best_epoch, stale = -1.0, None, 0, 0
     for epoch in range(1, epochs + 1):
         schedule = _epoch_batches(tasks, batch_size, rng)
-        bar = tqdm(schedule, desc=f"finetune epoch {epoch}/{epochs}", unit="batch", disable=not progress, dynamic_ncols=True)
+        bar = tqdm(
+            schedule, desc=f"finetune epoch {epoch}/{epochs}", unit="batch", disable=not progress, dynamic_ncols=True
+        )
         train_loss = _train_epoch(model, tokenizer, window, tasks, linears, optim, sched, bar)
         val = _validate(model, tokenizer, window, tasks, batch_size * 2)
         score = float(np.mean([v["macro_f1"] for v in val.values()]))
@@ -106,9 +113,22 @@ def finetune(
     model.eval()
     out_dir = Path(out_dir)
     version = _save_encoder(model, tokenizer, out_dir)
-    info = {"base": base_name, "tasks": names, "epochs_run": len(history["epoch"]), "best_epoch": best_epoch, "window": window,
-            "lr": lr, "head_lr": head_lr, "batch_size": batch_size, "seed": seed, "val_fraction": val_fraction, "max_train": max_train,
-            "history": history, "seconds": round(time.time() - t0, 1), "command": command}
+    info = {
+        "base": base_name,
+        "tasks": names,
+        "epochs_run": len(history["epoch"]),
+        "best_epoch": best_epoch,
+        "window": window,
+        "lr": lr,
+        "head_lr": head_lr,
+        "batch_size": batch_size,
+        "seed": seed,
+        "val_fraction": val_fraction,
+        "max_train": max_train,
+        "history": history,
+        "seconds": round(time.time() - t0, 1),
+        "command": command,
+    }
     for t in tasks:
         _save_task_head(t, out_dir, hidden, version, info)
     (out_dir / "bertstream_finetune.json").write_text(json.dumps(info, indent=2) + "\n")
@@ -157,7 +177,14 @@ def _epoch_batches(tasks: list[_Task], batch_size: int, rng: random.Random) -> l
 
 
 def _train_epoch(
-    model: Any, tokenizer: Any, window: int, tasks: list[_Task], linears: nn.ModuleList, optim: torch.optim.Optimizer, sched: Any, bar: Any
+    model: Any,
+    tokenizer: Any,
+    window: int,
+    tasks: list[_Task],
+    linears: nn.ModuleList,
+    optim: torch.optim.Optimizer,
+    sched: Any,
+    bar: Any,
 ) -> float:
     """One pass over the batches of `bar` (the epoch's schedule); the mean batch loss."""
     model.train()
@@ -177,7 +204,9 @@ def _train_epoch(
     return running / max(n_batches, 1)
 
 
-def _validate(model: Any, tokenizer: Any, window: int, tasks: list[_Task], batch_size: int) -> dict[str, dict[str, float]]:
+def _validate(
+    model: Any, tokenizer: Any, window: int, tasks: list[_Task], batch_size: int
+) -> dict[str, dict[str, float]]:
     """Every task's accuracy and macro-F1 on its validation split."""
     model.eval()
     result = {}
@@ -185,13 +214,18 @@ def _validate(model: Any, tokenizer: Any, window: int, tasks: list[_Task], batch
         for t in tasks:
             preds: list[int] = []
             for s in range(0, len(t.val), batch_size):
-                preds += t.linear(_pooled(model, tokenizer, window, t.texts(t.val[s : s + batch_size]))).argmax(1).tolist()
+                preds += (
+                    t.linear(_pooled(model, tokenizer, window, t.texts(t.val[s : s + batch_size]))).argmax(1).tolist()
+                )
             result[t.name] = summary_metrics([t.y[i] for i in t.val], preds, len(t.data.labels))
     return result
 
 
 def _snapshot(model: Any, linears: nn.ModuleList) -> State:
-    return ({k: v.detach().clone() for k, v in model.state_dict().items()}, {k: v.detach().clone() for k, v in linears.state_dict().items()})
+    return (
+        {k: v.detach().clone() for k, v in model.state_dict().items()},
+        {k: v.detach().clone() for k, v in linears.state_dict().items()},
+    )
 
 
 def _save_encoder(model: Any, tokenizer: Any, out_dir: Path) -> str:
@@ -209,15 +243,32 @@ def _save_encoder(model: Any, tokenizer: Any, out_dir: Path) -> str:
 def _save_task_head(t: _Task, out_dir: Path, hidden: int, version: str, info: dict[str, Any]) -> None:
     """``out_dir/heads/<task>``: the task's linear layer as a Head over the fine-tuned encoder's last layer."""
     history, best_epoch, window = info["history"], info["best_epoch"], info["window"]
-    spec = HeadSpec(name=t.name, labels=list(t.data.labels), input_dim=hidden, layers=[-1], hidden=0, dropout=0.0,
-                    encoder={"name": out_dir.name, "version": version, "train_window_tokens": window})
+    spec = HeadSpec(
+        name=t.name,
+        labels=list(t.data.labels),
+        input_dim=hidden,
+        layers=[-1],
+        hidden=0,
+        dropout=0.0,
+        encoder={"name": out_dir.name, "version": version, "train_window_tokens": window},
+    )
     head = Head(spec)
     with torch.no_grad():
         head.net[-1].weight.copy_(t.linear.weight)
         head.net[-1].bias.copy_(t.linear.bias)
-    spec.training = {"mode": "finetune", "dataset": t.data.name, "dataset_fingerprint": t.data.fingerprint,
-                     **{k: v for k, v in info.items() if k != "history"}}
-    spec.metrics = {"best_epoch": best_epoch, "val": {"macro_f1": history["val_macro_f1"][best_epoch - 1][t.name]},
-                    "curves": {"epoch": history["epoch"], "train_loss": history["train_loss"],
-                               "val_macro_f1": [v[t.name] for v in history["val_macro_f1"]]}}
+    spec.training = {
+        "mode": "finetune",
+        "dataset": t.data.name,
+        "dataset_fingerprint": t.data.fingerprint,
+        **{k: v for k, v in info.items() if k != "history"},
+    }
+    spec.metrics = {
+        "best_epoch": best_epoch,
+        "val": {"macro_f1": history["val_macro_f1"][best_epoch - 1][t.name]},
+        "curves": {
+            "epoch": history["epoch"],
+            "train_loss": history["train_loss"],
+            "val_macro_f1": [v[t.name] for v in history["val_macro_f1"]],
+        },
+    }
     save_head(head, out_dir / "heads" / t.name)

@@ -5,6 +5,7 @@ A linear SVM (scikit-learn's LinearSVC, squared hinge) is fitted on hashed TF-ID
 and the weight beta chosen on the validation split or by k-fold out-of-fold scores, then one
 temperature over the fused logits. Needs scikit-learn at training time only; inference needs none.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -37,7 +38,12 @@ def to_scipy(x: torch.Tensor) -> Any:
 
 
 def ngram_features(
-    texts: Sequence[str], y: np.ndarray, fit_idx: Sequence[int], eval_idx: Sequence[int], n_classes: int, options: dict[str, Any]
+    texts: Sequence[str],
+    y: np.ndarray,
+    fit_idx: Sequence[int],
+    eval_idx: Sequence[int],
+    n_classes: int,
+    options: dict[str, Any],
 ) -> tuple[NgramFeaturizer, Any, Any]:
     """(featurizer, fit rows, eval rows): the featurizer fitted on the `fit_idx` texts, both sets as scipy CSR."""
     fit_options = {k: v for k, v in options.items() if k not in NON_FEATURIZER_OPTIONS}
@@ -60,7 +66,9 @@ def fit_svm(s_train: Any, y_train: np.ndarray, C: float, n_classes: int) -> tupl
     return coef, intercept
 
 
-def beta_trials(dense: np.ndarray, sparse: np.ndarray, y: list[int], betas: Sequence[float], n_classes: int) -> list[dict[str, float]]:
+def beta_trials(
+    dense: np.ndarray, sparse: np.ndarray, y: list[int], betas: Sequence[float], n_classes: int
+) -> list[dict[str, float]]:
     """Accuracy, macro-F1 and log-loss of ``dense + beta * sparse`` for every beta."""
     y_t = torch.tensor(y)
     trials = []
@@ -116,7 +124,13 @@ def kfold_ngram_choice(
     betas = tuple(options.get("betas", BETAS))
     trials = [{"C": C, **t} for C in Cs for t in beta_trials(dense, sparse[C], y_np.tolist(), betas, n_classes)]
     best = best_trial(trials)
-    return {"C": best["C"], "beta": best["beta"], "folds": folds, "oof": {k: best[k] for k in ("accuracy", "macro_f1", "nll")}, "trials": trials}
+    return {
+        "C": best["C"],
+        "beta": best["beta"],
+        "folds": folds,
+        "oof": {k: best[k] for k in ("accuracy", "macro_f1", "nll")},
+        "trials": trials,
+    }
 
 
 def fit_ngram_part(
@@ -147,13 +161,24 @@ def fit_ngram_part(
     spec = featurizer.spec()
     spec.update({"C": C, "beta": best["beta"], "fusion": "dense logits + beta * linear SVM scores"})
     if options.get("folds"):
-        spec["beta_rule"] = f"C and beta by {int(options['folds'])}-fold out-of-fold accuracy + macro-F1 on all training data"
+        spec["beta_rule"] = (
+            f"C and beta by {int(options['folds'])}-fold out-of-fold accuracy + macro-F1 on all training data"
+        )
     fused = torch.as_tensor(dense_logits + best["beta"] * sparse_scores, dtype=torch.float32)
     temperature, val_nll = _temperature(fused, torch.tensor(y_val), options)
     spec.update({"val_nll_calibrated": val_nll, "temperature": temperature})
-    fresh = _fused_head(head, spec, featurizer, coef * best["beta"] / temperature, intercept * best["beta"] / temperature, temperature)
-    return {"head": fresh, "C": spec["C"], "beta_trials": trials, "beta": best["beta"], "temperature": temperature,
-            "val_nll_calibrated": spec["val_nll_calibrated"], "val": {k: best[k] for k in ("accuracy", "macro_f1", "nll")}}
+    fresh = _fused_head(
+        head, spec, featurizer, coef * best["beta"] / temperature, intercept * best["beta"] / temperature, temperature
+    )
+    return {
+        "head": fresh,
+        "C": spec["C"],
+        "beta_trials": trials,
+        "beta": best["beta"],
+        "temperature": temperature,
+        "val_nll_calibrated": spec["val_nll_calibrated"],
+        "val": {k: best[k] for k in ("accuracy", "macro_f1", "nll")},
+    }
 
 
 def _temperature(fused: torch.Tensor, y_val: torch.Tensor, options: dict[str, Any]) -> tuple[float, float | None]:
@@ -166,7 +191,12 @@ def _temperature(fused: torch.Tensor, y_val: torch.Tensor, options: dict[str, An
 
 
 def _fused_head(
-    head: Head, ngram_spec: dict[str, Any], featurizer: NgramFeaturizer, weight: np.ndarray, bias: np.ndarray, temperature: float
+    head: Head,
+    ngram_spec: dict[str, Any],
+    featurizer: NgramFeaturizer,
+    weight: np.ndarray,
+    bias: np.ndarray,
+    temperature: float,
 ) -> Head:
     """A copy of `head` with the n-gram part (`weight`, `bias`) and its dense output divided by `temperature`."""
     fresh = Head(dataclasses.replace(head.spec, ngram=ngram_spec))

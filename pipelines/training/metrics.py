@@ -1,4 +1,5 @@
 """Accuracy and macro-F1 without scikit-learn: training must not need the ``eval`` extra."""
+
 from __future__ import annotations
 
 from collections.abc import Sequence

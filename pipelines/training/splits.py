@@ -1,4 +1,5 @@
 """Stratified splits: the fixed test splits of the built-in datasets, validation splits and k folds."""
+
 from __future__ import annotations
 
 import random

@@ -8,6 +8,7 @@ macro-F1 and optional class weights, plus optionally a hashed n-gram part (see `
 output directory holds ``model.safetensors`` and ``head.json`` (labels, training config, metrics
 and learning curves).
 """
+
 from __future__ import annotations
 
 import shlex
@@ -32,7 +33,9 @@ from pipelines.training.splits import stratified_split
 __all__ = ["TrainConfig", "command_line", "resolve_data", "train_heads"]
 
 
-def resolve_data(source: str, text_column: str = "text", label_column: str = "label", test_file: str | None = None) -> Dataset:
+def resolve_data(
+    source: str, text_column: str = "text", label_column: str = "label", test_file: str | None = None
+) -> Dataset:
     """A built-in dataset name, or a CSV/JSONL/Parquet file (optionally with a test file)."""
     path = Path(source)
     if path.is_file():
@@ -154,13 +157,20 @@ def _add_ngram_part(
     return ngram_info.pop("head"), ngram_info, kfold
 
 
-def _refit(spec: HeadSpec, ts: _TrainSet, epochs: int, ngram_info: dict[str, Any], config: TrainConfig, progress: bool) -> Head:
+def _refit(
+    spec: HeadSpec, ts: _TrainSet, epochs: int, ngram_info: dict[str, Any], config: TrainConfig, progress: bool
+) -> Head:
     """Retrain on all training data for the `epochs` (and with the n-gram C, beta, temperature) validation chose."""
     head = fit_head(spec, ts.x, ts.y, ts.x_val, ts.y_val, config, progress=progress, stop_after=epochs).head
     if not config.ngram:
         return head
-    options = {**config.ngram, "C": ngram_info["C"], "betas": (ngram_info["beta"],), "temperature": ngram_info["temperature"],
-               "val_nll_calibrated": ngram_info["val_nll_calibrated"]}
+    options = {
+        **config.ngram,
+        "C": ngram_info["C"],
+        "betas": (ngram_info["beta"],),
+        "temperature": ngram_info["temperature"],
+        "val_nll_calibrated": ngram_info["val_nll_calibrated"],
+    }
     return fit_ngram_part(head, ts.texts, ts.y, list(range(len(ts.texts))), ts.val_idx, ts.x_val, options)["head"]
 
 
@@ -174,7 +184,11 @@ def _validation_metrics(result: FitResult, ngram_info: dict[str, Any], kfold: di
     if ngram_info:
         metrics["val_dense_only"] = metrics["val"]
         metrics["val"] = {**ngram_info["val"], "loss": None}
-        metrics["ngram"] = {"beta": ngram_info["beta"], "temperature": ngram_info["temperature"], "beta_trials": ngram_info["beta_trials"]}
+        metrics["ngram"] = {
+            "beta": ngram_info["beta"],
+            "temperature": ngram_info["temperature"],
+            "beta_trials": ngram_info["beta_trials"],
+        }
         if kfold:
             metrics["ngram"]["kfold"] = kfold
     return metrics
@@ -183,7 +197,11 @@ def _validation_metrics(result: FitResult, ngram_info: dict[str, Any], kfold: di
 def _test_metrics(head: Head, test: _TestSet, n_labels: int, num_layers: int) -> dict[str, float]:
     """Accuracy and macro-F1 on the test texts whose label the head has."""
     with torch.no_grad():
-        pred = head.predict_features(select_layers(test.features, head.spec.layers, num_layers), test.texts).argmax(dim=1).tolist()
+        pred = (
+            head.predict_features(select_layers(test.features, head.spec.layers, num_layers), test.texts)
+            .argmax(dim=1)
+            .tolist()
+        )
     keep = [i for i, y in enumerate(test.y) if y >= 0]
     return summary_metrics([test.y[i] for i in keep], [pred[i] for i in keep], n_labels)
 
@@ -195,4 +213,9 @@ def _concat(all_feats: torch.Tensor, layers: Sequence[int], num_layers: int) -> 
 
 def _settings_dict(encoder: Encoder) -> dict[str, Any]:
     s = encoder.settings
-    return {"window_tokens": s.window_tokens, "stride_tokens": s.stride_tokens, "max_windows": s.max_windows, "precision": encoder.precision}
+    return {
+        "window_tokens": s.window_tokens,
+        "stride_tokens": s.stride_tokens,
+        "max_windows": s.max_windows,
+        "precision": encoder.precision,
+    }

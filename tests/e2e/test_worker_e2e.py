@@ -1,4 +1,5 @@
 """The real worker process, the real default model and heads, a real broker and a real Redis."""
+
 from __future__ import annotations
 
 import json
@@ -6,29 +7,39 @@ import signal
 import time
 import urllib.request
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 import redis
 from kafka import KafkaConsumer, KafkaProducer
 
+from bertstream.devservices.process import free_port, log_tail, stop_process_group
+from bertstream.devservices.stack import worker_env
+from bertstream.devservices.worker_process import start_worker_process, wait_ready
 from pipelines.heads import load_head
 from pipelines.registry import resolve_head_dir
 from worker.cache import cache_key
 from worker.codec import raw_bytes
-from bertstream.devservices.stack import worker_env
-from bertstream.devservices.process import free_port, log_tail, stop_process_group
-from bertstream.devservices.worker_process import start_worker_process, wait_ready
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration]
 
 DEMO = Path(__file__).resolve().parents[2] / "bertstream" / "demo" / "data"
 HEADS = ["email_topic", "spam", "sentiment"]
-MALFORMED = [b'{"text": "unterminated', b'["not", "an", "object"]', b'{"id": "x1"}', b'{"text": ""}',
-             b'{"text": 42}', b"\xff\xfe not utf-8", b'{"text": "   "}']
-CLEAR_SPAM = ("WINNER!! You have been selected to receive a 900 pound prize reward! To claim call 09061701461 "
-              "now. Claim code KL341. Valid 12 hours only.")
+MALFORMED = [
+    b'{"text": "unterminated',
+    b'["not", "an", "object"]',
+    b'{"id": "x1"}',
+    b'{"text": ""}',
+    b'{"text": 42}',
+    b"\xff\xfe not utf-8",
+    b'{"text": "   "}',
+]
+CLEAR_SPAM = (
+    "WINNER!! You have been selected to receive a 900 pound prize reward! To claim call 09061701461 "
+    "now. Claim code KL341. Valid 12 hours only."
+)
 CLEAR_POSITIVE = "Thank you so much, the party was wonderful and we loved every minute of it!"
 
 
@@ -44,13 +55,27 @@ def worker(kafka_bootstrap: str, redis_url: str, tmp_path_factory: pytest.TempPa
         f'routes = [{{ head = "spam", label = "spam", topic = "{topics["spam"]}" }}]\n'
     )
     port = free_port()
-    env = worker_env(kafka_bootstrap, redis_url, f"e2e-{run}", port, pipelines_file=str(pipelines_file),
-                     session_timeout_s="6", kafka_partitions="2")
+    env = worker_env(
+        kafka_bootstrap,
+        redis_url,
+        f"e2e-{run}",
+        port,
+        pipelines_file=str(pipelines_file),
+        session_timeout_s="6",
+        kafka_partitions="2",
+    )
     log = tmp / "worker.log"
     proc = start_worker_process(env, ["e2e"], log)
     try:
         wait_ready(proc, port, log, timeout_s=300)
-        yield {"proc": proc, "port": port, "topics": topics, "log": log, "bootstrap": kafka_bootstrap, "redis_url": redis_url}
+        yield {
+            "proc": proc,
+            "port": port,
+            "topics": topics,
+            "log": log,
+            "bootstrap": kafka_bootstrap,
+            "redis_url": redis_url,
+        }
     finally:
         stop_process_group(proc, 30)
 
@@ -65,8 +90,14 @@ def _produce(bootstrap: str, topic: str, values: list[bytes]) -> list[tuple[str,
 
 
 def _consume(bootstrap: str, topics: list[str], want: int, timeout_s: float = 240) -> list[tuple[str, dict[str, Any]]]:
-    consumer = KafkaConsumer(*topics, bootstrap_servers=bootstrap, group_id=f"reader-{uuid.uuid4().hex[:6]}",
-                             auto_offset_reset="earliest", session_timeout_ms=6000, heartbeat_interval_ms=1000)
+    consumer = KafkaConsumer(
+        *topics,
+        bootstrap_servers=bootstrap,
+        group_id=f"reader-{uuid.uuid4().hex[:6]}",
+        auto_offset_reset="earliest",
+        session_timeout_ms=6000,
+        heartbeat_interval_ms=1000,
+    )
     got: list[tuple[str, dict[str, Any]]] = []
     deadline = time.monotonic() + timeout_s
     try:
@@ -92,7 +123,7 @@ def test_events_classified_dead_lettered_and_cached(worker: dict[str, Any]) -> N
     redis.Redis.from_url(worker["redis_url"]).delete(*[cache_key(version, HEADS, x) for x in texts])
     first = [json.dumps({"id": f"a-{i}", "text": x, "metadata": {"n": i}}).encode() for i, x in enumerate(texts)]
     sources = _produce(bootstrap, t["in"], first + MALFORMED)
-    bad_sources = {s: raw for s, raw in zip(sources[len(first):], MALFORMED)}
+    bad_sources = {s: raw for s, raw in zip(sources[len(first) :], MALFORMED)}
 
     got = _consume(bootstrap, [t["out"], t["spam"], t["dead"]], len(first) + len(MALFORMED))
     outputs = {doc["id"]: (topic, doc) for topic, doc in got if topic != t["dead"]}

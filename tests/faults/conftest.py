@@ -1,11 +1,14 @@
 """The long fault tests run only with `-m faults` (`make faults`); a plain `pytest` skips them."""
+
 from __future__ import annotations
 
 import pytest
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line("markers", "faults: long fault tests (10,000-event crashes, 30 s outages); run with -m faults")
+    config.addinivalue_line(
+        "markers", "faults: long fault tests (10,000-event crashes, 30 s outages); run with -m faults"
+    )
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

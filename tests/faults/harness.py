@@ -7,6 +7,7 @@
 
 Cheap to import (no torch). Used by tests/integration/test_faults_quick.py and tests/faults/.
 """
+
 from __future__ import annotations
 
 import json
@@ -19,22 +20,23 @@ import time
 import urllib.request
 import uuid
 from collections import defaultdict
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from kafka import KafkaConsumer, KafkaProducer
 
-from worker.config import load_settings
-from bertstream.devservices.stack import worker_env
-from worker.connection import KafkaConnection, ensure_topics
 from bertstream.devservices.process import free_port, stop_process_group
+from bertstream.devservices.stack import worker_env
 from bertstream.devservices.worker_process import start_worker_process, wait_ready
+from worker.config import load_settings
+from worker.connection import KafkaConnection, ensure_topics
 
 LIGHT_HEADS = ["spam", "sentiment"]
 PRODUCER_MAX_BYTES = 32 << 20  # the test producer may send 10 MB events (tansu accepts them)
 
-from bertstream.soak import TEXTS  # noqa: E402 - the same short texts as the soak run
+from bertstream.soak import TEXTS
 
 
 def text_for(run: str, i: int, distinct: int) -> str:
@@ -92,9 +94,19 @@ class WorkerProc:
 class FaultRun:
     """One fault scenario: its own topics and consumer group, and the worker processes it started."""
 
-    def __init__(self, bootstrap: str, redis_url: str, tmp: Path, *, partitions: int = 2, heads: list[str] | None = None,
-                 batch_size: int = 32, env: dict[str, str] | None = None, prefix: str = "fault",
-                 kafka: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        bootstrap: str,
+        redis_url: str,
+        tmp: Path,
+        *,
+        partitions: int = 2,
+        heads: list[str] | None = None,
+        batch_size: int = 32,
+        env: dict[str, str] | None = None,
+        prefix: str = "fault",
+        kafka: dict[str, str] | None = None,
+    ) -> None:
         """`kafka`: more Kafka settings (e.g. kafka_security_protocol), for the worker and the test's clients."""
         self.bootstrap = bootstrap
         self.kafka = kafka or {}
@@ -127,8 +139,9 @@ class FaultRun:
     @property
     def producer(self) -> KafkaProducer:
         if self._producer is None:
-            self._producer = KafkaProducer(**self.client, acks="all", linger_ms=5,
-                                           max_request_size=PRODUCER_MAX_BYTES, request_timeout_ms=30000)
+            self._producer = KafkaProducer(
+                **self.client, acks="all", linger_ms=5, max_request_size=PRODUCER_MAX_BYTES, request_timeout_ms=30000
+            )
         return self._producer
 
     def reset_producer(self) -> None:
@@ -138,19 +151,25 @@ class FaultRun:
 
     def event(self, i: int, *, distinct: int = 200, tag: str = "e") -> tuple[str, bytes]:
         event_id = f"{self.run}-{tag}-{i}"
-        return event_id, json.dumps({"id": event_id, "text": text_for(self.run, i, distinct), "metadata": {"i": i}}).encode()
+        return event_id, json.dumps(
+            {"id": event_id, "text": text_for(self.run, i, distinct), "metadata": {"i": i}}
+        ).encode()
 
-    def produce(self, values: Iterable[bytes], keys: Iterable[bytes | None] | None = None,
-                partition: int | None = None) -> list[tuple[int, int]]:
+    def produce(
+        self, values: Iterable[bytes], keys: Iterable[bytes | None] | None = None, partition: int | None = None
+    ) -> list[tuple[int, int]]:
         """Send and wait for every ack; [(partition, offset)] in order."""
         values = list(values)
         keys = list(keys) if keys is not None else [None] * len(values)
-        futures = [self.producer.send(self.topics["in"], value=v, key=k, partition=partition) for v, k in zip(values, keys)]
+        futures = [
+            self.producer.send(self.topics["in"], value=v, key=k, partition=partition) for v, k in zip(values, keys)
+        ]
         self.producer.flush(timeout=60)
         return [(m.partition, m.offset) for m in (f.get(timeout=60) for f in futures)]
 
-    def produce_stream(self, n: int, rate: float, *, distinct: int = 200, tag: str = "e", start: int = 0,
-                       keys: int = 16) -> list[str]:
+    def produce_stream(
+        self, n: int, rate: float, *, distinct: int = 200, tag: str = "e", start: int = 0, keys: int = 16
+    ) -> list[str]:
         """n events at about `rate` per second, keyed (`keys` keys), in chunks; returns the ids."""
         ids = []
         chunk = max(1, int(rate / 10))
@@ -158,8 +177,10 @@ class FaultRun:
         for lo in range(start, start + n, chunk):
             hi = min(lo + chunk, start + n)
             batch = [self.event(i, distinct=distinct, tag=tag) for i in range(lo, hi)]
-            futures = [self.producer.send(self.topics["in"], value=v, key=f"k{i % keys}".encode())
-                       for i, (_, v) in zip(range(lo, hi), batch)]
+            futures = [
+                self.producer.send(self.topics["in"], value=v, key=f"k{i % keys}".encode())
+                for i, (_, v) in zip(range(lo, hi), batch)
+            ]
             ids += [eid for eid, _ in batch]
             self.producer.flush(timeout=60)
             for f in futures:
@@ -171,14 +192,24 @@ class FaultRun:
 
     # -- workers -------------------------------------------------------------------------------------
     def env(self, port: int, **extra: str) -> dict[str, str]:
-        env = worker_env(self.bootstrap, self.redis_url, self.group, port, pipelines_file=str(self.pipelines_file),
-                         session_timeout_s="6", kafka_partitions=str(self.partitions), threads="1")
+        env = worker_env(
+            self.bootstrap,
+            self.redis_url,
+            self.group,
+            port,
+            pipelines_file=str(self.pipelines_file),
+            session_timeout_s="6",
+            kafka_partitions=str(self.partitions),
+            threads="1",
+        )
         env.update({f"BERTSTREAM_{k.upper()}": str(v) for k, v in self.kafka.items()})
         env.update(self.extra_env)
         env.update({k if k.startswith("BERTSTREAM_") else f"BERTSTREAM_{k.upper()}": str(v) for k, v in extra.items()})
         return env
 
-    def start_worker(self, name: str | None = None, *, wait: bool = True, timeout_s: float = 300, **extra: str) -> WorkerProc:
+    def start_worker(
+        self, name: str | None = None, *, wait: bool = True, timeout_s: float = 300, **extra: str
+    ) -> WorkerProc:
         name = name or f"w{len(self.workers) + 1}"
         port = free_port()
         log = self.tmp / f"{self.run}-{name}.log"
@@ -225,9 +256,17 @@ class Collector:
         self._thread.start()
 
     def _consumer(self) -> KafkaConsumer:
-        return KafkaConsumer(*self.topics, **{"bootstrap_servers": self.bootstrap, **self.client}, group_id=f"collector-{uuid.uuid4().hex[:8]}",
-                             auto_offset_reset="earliest", session_timeout_ms=6000, heartbeat_interval_ms=1000,
-                             fetch_max_bytes=64 << 20, max_partition_fetch_bytes=32 << 20, enable_auto_commit=False)
+        return KafkaConsumer(
+            *self.topics,
+            **{"bootstrap_servers": self.bootstrap, **self.client},
+            group_id=f"collector-{uuid.uuid4().hex[:8]}",
+            auto_offset_reset="earliest",
+            session_timeout_ms=6000,
+            heartbeat_interval_ms=1000,
+            fetch_max_bytes=64 << 20,
+            max_partition_fetch_bytes=32 << 20,
+            enable_auto_commit=False,
+        )
 
     def _loop(self) -> None:
         consumer = None

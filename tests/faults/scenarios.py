@@ -3,6 +3,7 @@
 Each scenario causes the fault for real (kill -9, SIGTERM, Redis or broker stopped), checks that
 every input id comes out, and returns its figures.
 """
+
 from __future__ import annotations
 
 import random
@@ -14,8 +15,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from tests.faults.harness import Collector, FaultRun, Figures, WorkerProc, wait_until
 from bertstream.devservices.process import log_tail
+from tests.faults.harness import Collector, FaultRun, Figures, WorkerProc, wait_until
 
 
 @contextmanager
@@ -50,13 +51,15 @@ class Stream(threading.Thread):
         assert self.error is None, f"producer failed: {self.error!r}"
 
 
-def _check_complete(run: FaultRun, col: Collector, ids: list[str], timeout_s: float, figures: Figures,
-                    workers: list[WorkerProc]) -> None:
+def _check_complete(
+    run: FaultRun, col: Collector, ids: list[str], timeout_s: float, figures: Figures, workers: list[WorkerProc]
+) -> None:
     drain_s = col.wait_for(ids, timeout_s)
     missing = col.missing(ids)
     dups = col.duplicates(ids)
-    figures.add(events=len(ids), lost=len(missing), duplicates=dups, drain_s=round(drain_s, 1),
-                dead_letters=len(col.dead))
+    figures.add(
+        events=len(ids), lost=len(missing), duplicates=dups, drain_s=round(drain_s, 1), dead_letters=len(col.dead)
+    )
     logs = "\n".join(f"--- {w.name}\n{log_tail(w.log, 15)}" for w in workers[-2:])
     assert not missing, f"{len(missing)} ids never came out, e.g. {missing[:5]}\n{logs}"
     assert not col.dead, f"unexpected dead letters (a redelivery must not be a duplicate_id): {col.dead[:3]}"
@@ -65,8 +68,9 @@ def _check_complete(run: FaultRun, col: Collector, ids: list[str], timeout_s: fl
     figures.add(keys_order_checked=col.check_key_order(seq))
 
 
-def crash_restart(run: FaultRun, *, n: int, rate: float, kills: int, distinct: int, seed: int = 5,
-                  name: str = "kill9") -> Figures:
+def crash_restart(
+    run: FaultRun, *, n: int, rate: float, kills: int, distinct: int, seed: int = 5, name: str = "kill9"
+) -> Figures:
     """kill -9 the worker at random moments while a stream runs, `kills` times; restart each time."""
     rnd = random.Random(seed)
     figures = Figures(name)
@@ -77,7 +81,7 @@ def crash_restart(run: FaultRun, *, n: int, rate: float, kills: int, distinct: i
         restart_s = []
         kill_times = []
         duration = n / rate
-        for k in range(kills):
+        for _ in range(kills):
             time.sleep(rnd.uniform(0.1, 0.8) * duration / kills)
             before = sum(1 for _ in col.seen(stream.ids))
             run.kill(worker, signal.SIGKILL)
@@ -87,8 +91,13 @@ def crash_restart(run: FaultRun, *, n: int, rate: float, kills: int, distinct: i
             worker = run.start_worker()
             restart_s.append(round(time.monotonic() - t0, 1))
             # Recovery: the first new output after the restart (unless all were out already).
-            got = wait_until(lambda: len(col.seen(stream.ids)) > before or (
-                not stream.is_alive() and len(col.seen(stream.ids)) == n), 120)
+            got = wait_until(
+                lambda: (
+                    len(col.seen(stream.ids)) > before  # noqa: B023 - called in this iteration
+                    or (not stream.is_alive() and len(col.seen(stream.ids)) == n)
+                ),
+                120,
+            )
             figures.values.setdefault("first_output_after_restart_s", []).append(None if got is None else round(got, 1))
         stream.finish()
         figures.add(kills=kills, restart_to_ready_s=restart_s)
@@ -104,7 +113,13 @@ def two_workers_kill_one(run: FaultRun, *, n: int, rate: float, distinct: int, n
         w1 = run.start_worker("w1")
         w2 = run.start_worker("w2")
         # Both hold partitions before the stream starts.
-        wait_until(lambda: (w1.metric("bertstream_events_in_total") or 0) >= 0 and (w2.metric("bertstream_events_in_total") or 0) >= 0, 30)
+        wait_until(
+            lambda: (
+                (w1.metric("bertstream_events_in_total") or 0) >= 0
+                and (w2.metric("bertstream_events_in_total") or 0) >= 0
+            ),
+            30,
+        )
         stream = Stream(run, n, rate, distinct)
         stream.start()
         time.sleep(n / rate / 3)
@@ -115,16 +130,22 @@ def two_workers_kill_one(run: FaultRun, *, n: int, rate: float, distinct: int, n
         stream.finish()
         survivor_before = w2.metric("bertstream_events_in_total") or 0
         _check_complete(run, col, stream.ids, 300, figures, [w2])
-        figures.add(takeover_to_done_s=round(time.monotonic() - killed_at, 1), in_w1_before_kill=in_w1,
-                    in_w2_before_kill=in_w2, in_w2_at_stream_end=survivor_before,
-                    in_w2_total=w2.metric("bertstream_events_in_total"))
+        figures.add(
+            takeover_to_done_s=round(time.monotonic() - killed_at, 1),
+            in_w1_before_kill=in_w1,
+            in_w2_before_kill=in_w2,
+            in_w2_at_stream_end=survivor_before,
+            in_w2_total=w2.metric("bertstream_events_in_total"),
+        )
         assert w2.alive()
         assert in_w1 > 0 and in_w2 > 0, "both workers should have had partitions before the kill"
     figures.emit()
     return figures
 
 
-def graceful_stop(run: FaultRun, *, n: int, rate: float, distinct: int, grace_s: float, name: str = "sigterm") -> Figures:
+def graceful_stop(
+    run: FaultRun, *, n: int, rate: float, distinct: int, grace_s: float, name: str = "sigterm"
+) -> Figures:
     """SIGTERM mid-stream: exit 0 within the grace period; a restarted worker repeats nothing
     already output (the in-flight batch was delivered and committed before exit)."""
     figures = Figures(name)
@@ -140,8 +161,14 @@ def graceful_stop(run: FaultRun, *, n: int, rate: float, distinct: int, grace_s:
         out_at_stop = len(col.seen(stream.ids))
         time.sleep(2)  # the collector catches up with what was delivered before exit
         delivered_before = col.seen(stream.ids)
-        figures.add(exit_code=code, stop_s=round(stop_s, 2), grace_s=grace_s, output_before_stop=len(delivered_before),
-                    output_when_exited=out_at_stop, in_flight_finished=len(worker.log_events("shutdown_timeout")) == 0)
+        figures.add(
+            exit_code=code,
+            stop_s=round(stop_s, 2),
+            grace_s=grace_s,
+            output_before_stop=len(delivered_before),
+            output_when_exited=out_at_stop,
+            in_flight_finished=len(worker.log_events("shutdown_timeout")) == 0,
+        )
         assert code == 0, log_tail(worker.log)
         assert stop_s <= grace_s, f"stop took {stop_s:.1f}s, grace {grace_s}s"
         run.start_worker("after")
@@ -154,8 +181,17 @@ def graceful_stop(run: FaultRun, *, n: int, rate: float, distinct: int, grace_s:
     return figures
 
 
-def redis_outage(run: FaultRun, redis_server: Any, *, n: int, rate: float, distinct: int, outage_s: float,
-                 password: str | None = None, name: str = "redis_outage") -> Figures:
+def redis_outage(
+    run: FaultRun,
+    redis_server: Any,
+    *,
+    n: int,
+    rate: float,
+    distinct: int,
+    outage_s: float,
+    password: str | None = None,
+    name: str = "redis_outage",
+) -> Figures:
     """Stop the worker's Redis mid-stream for `outage_s`: classification goes on without the cache,
     nothing is lost, bertstream_redis_degraded goes 1 then 0, and the log says redis_degraded."""
     figures = Figures(name)
@@ -176,10 +212,13 @@ def redis_outage(run: FaultRun, redis_server: Any, *, n: int, rate: float, disti
         recovered_after = wait_until(lambda: worker.metric("bertstream_redis_degraded") == 0, 60)
         stream.finish()
         _check_complete(run, col, stream.ids, 300, figures, [worker])
-        figures.add(outage_s=outage_s, degraded_metric_after_s=None if degraded_after is None else round(degraded_after, 1),
-                    outputs_during_outage=seen_during,
-                    recovered_metric_after_s=None if recovered_after is None else round(recovered_after, 1),
-                    down_to_up_s=round(up_at - down_at, 1))
+        figures.add(
+            outage_s=outage_s,
+            degraded_metric_after_s=None if degraded_after is None else round(degraded_after, 1),
+            outputs_during_outage=seen_during,
+            recovered_metric_after_s=None if recovered_after is None else round(recovered_after, 1),
+            down_to_up_s=round(up_at - down_at, 1),
+        )
         assert degraded_after is not None, "bertstream_redis_degraded never went to 1"
         assert recovered_after is not None, "bertstream_redis_degraded never went back to 0"
         assert seen_during > 0, "nothing was classified while Redis was down"
@@ -192,8 +231,9 @@ def redis_outage(run: FaultRun, redis_server: Any, *, n: int, rate: float, disti
     return figures
 
 
-def broker_restart(run: FaultRun, broker: Any, *, before: int, after: int, rate: float, distinct: int,
-                   name: str = "broker_restart") -> Figures:
+def broker_restart(
+    run: FaultRun, broker: Any, *, before: int, after: int, rate: float, distinct: int, name: str = "broker_restart"
+) -> Figures:
     """Restart the (memory-only) broker under a running worker, recreate the topics, and new events
     are processed without restarting the worker."""
     figures = Figures(name)
@@ -209,9 +249,15 @@ def broker_restart(run: FaultRun, broker: Any, *, before: int, after: int, rate:
         second = run.produce_stream(after, rate, distinct=distinct, tag="post")
         waited = col.wait_for(second, 240)
         missing = col.missing(second)
-        figures.add(events_before=before, events_after=after, lost_after_restart=len(missing),
-                    recovery_s=round(time.monotonic() - t0, 1), wait_after_produce_s=round(waited, 1),
-                    worker_pid_same=worker.alive(), delivery_failed_lines=len(worker.log_events("delivery_failed")))
+        figures.add(
+            events_before=before,
+            events_after=after,
+            lost_after_restart=len(missing),
+            recovery_s=round(time.monotonic() - t0, 1),
+            wait_after_produce_s=round(waited, 1),
+            worker_pid_same=worker.alive(),
+            delivery_failed_lines=len(worker.log_events("delivery_failed")),
+        )
         assert worker.alive(), log_tail(worker.log)
         assert not missing, f"{len(missing)} post-restart events never came out\n{log_tail(worker.log, 30)}"
         assert run.workers == [worker]  # no manual restart

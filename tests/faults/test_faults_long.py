@@ -1,7 +1,8 @@
-"""Long fault tests (`make faults`): the sizes of issue 5. Figures go to reports/faults.jsonl.
+"""Long fault tests (`make faults`): 10k events with 5 kills, a 30 s Redis outage and more. Figures go to reports/faults.jsonl.
 
 Light pipeline (heads spam + sentiment, short texts), 4 partitions, session timeout 6 s.
 """
+
 from __future__ import annotations
 
 import os
@@ -39,8 +40,9 @@ def test_redis_outage_30s(kafka_bootstrap: str, tmp_path: Path) -> None:
     password = "soak-" + os.urandom(4).hex()
     with EmbeddedRedis(password=password) as server:
         run = FaultRun(kafka_bootstrap, server.url, tmp_path, partitions=4)
-        fig = scenarios.redis_outage(run, server, n=4000, rate=60, distinct=4000, outage_s=30, password=password,
-                                     name="redis_outage_30s")
+        fig = scenarios.redis_outage(
+            run, server, n=4000, rate=60, distinct=4000, outage_s=30, password=password, name="redis_outage_30s"
+        )
     assert fig.values["lost"] == 0
 
 
@@ -49,5 +51,7 @@ def test_broker_restart_twice(tmp_path: Path, redis_url: str) -> None:
 
     with EmbeddedBroker() as broker:
         run = FaultRun(broker.bootstrap, redis_url, tmp_path, partitions=4)
-        fig = scenarios.broker_restart(run, broker, before=1000, after=1000, rate=100, distinct=500, name="broker_restart_1k")
+        fig = scenarios.broker_restart(
+            run, broker, before=1000, after=1000, rate=100, distinct=500, name="broker_restart_1k"
+        )
     assert fig.values["lost_after_restart"] == 0

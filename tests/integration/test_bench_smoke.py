@@ -2,6 +2,7 @@
 
 Throwaway random heads keep it independent of the committed ones; no timing is asserted.
 """
+
 from __future__ import annotations
 
 import json
@@ -19,7 +20,10 @@ def _random_heads(root: Path) -> list[str]:
 
     torch.manual_seed(0)
     out = []
-    for name, labels in (("news_topic", ["acq", "crude", "earn", "trade"]), ("sentiment", ["negative", "neutral", "positive"])):
+    for name, labels in (
+        ("news_topic", ["acq", "crude", "earn", "trade"]),
+        ("sentiment", ["negative", "neutral", "positive"]),
+    ):
         save_head(Head(HeadSpec(name=name, labels=labels, input_dim=384)), root / name)
         out.append(str(root / name))
     return out
@@ -30,11 +34,22 @@ def test_bench_end_to_end_path(kafka_bootstrap: str, redis_url: str, tmp_path: P
     from bertstream.bench import data as bench_data
     from bertstream.bench.report import format_table, ratios, targets, write_report
     from bertstream.bench.stream import run_stream_suite
+    from worker.connection import KafkaConnection
 
     heads = _random_heads(tmp_path / "heads")
-    stream = run_stream_suite(kafka_bootstrap, redis_url, heads, bench_data.short_texts, bench_data.long_texts,
-                              events=30, long_events=2, scaling=[10, 30], load_fractions=[0.5], load_seconds=1.0,
-                              timeout_s=120)
+    stream = run_stream_suite(
+        KafkaConnection((kafka_bootstrap,)),
+        redis_url,
+        heads,
+        bench_data.short_texts,
+        bench_data.long_texts,
+        events=30,
+        long_events=2,
+        scaling=[10, 30],
+        load_fractions=[0.5],
+        load_seconds=1.0,
+        timeout_s=120,
+    )
     for phase in ("C", "D", "long"):
         assert stream[phase]["events_per_s"] > 0, phase
         assert stream[phase]["seconds"] > 0, phase

@@ -20,7 +20,7 @@ from bertstream.devservices.tls_front import TlsFiles
 
 pytestmark = pytest.mark.integration
 
-# Group joins on tansu wait session_timeout/2: keep the session short (DESIGN.md).
+# Group joins on tansu wait session_timeout/2: keep the session short.
 CONSUMER_SETTINGS = dict(session_timeout_ms=6000, heartbeat_interval_ms=1000, auto_offset_reset="earliest")
 
 
@@ -115,8 +115,10 @@ def test_embedded_redis_password() -> None:
         with pytest.raises(redis.AuthenticationError):
             wrong.ping()
         wrong.close()
-        for client in (redis.Redis(host=server.host, port=server.port, password=password),
-                       redis.Redis.from_url(server.url)):
+        for client in (
+            redis.Redis(host=server.host, port=server.port, password=password),
+            redis.Redis.from_url(server.url),
+        ):
             assert client.ping()
             client.close()
         pid = server.pid
@@ -160,7 +162,10 @@ def test_embedded_broker_tls_front_lives_with_the_broker(tls_files: tuple[TlsFil
     tls, _ = tls_files
     broker = EmbeddedBroker(tls=tls)
     with broker:
-        assert broker.front is not None and broker.bootstrap == f"127.0.0.1:{broker.front.port}" != f"127.0.0.1:{broker.port}"
+        assert (
+            broker.front is not None
+            and broker.bootstrap == f"127.0.0.1:{broker.front.port}" != f"127.0.0.1:{broker.port}"
+        )
         front_pid = broker.front.pid
         for round_ in ("before", "after"):
             producer = KafkaProducer(**broker.connection().kafka_python(), acks="all", request_timeout_ms=10000)

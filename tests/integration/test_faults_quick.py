@@ -3,6 +3,7 @@
 Light pipeline (heads spam + sentiment, short texts, 2 partitions). The long versions (10,000
 events, 30 s outages) are in tests/faults (`make faults`). Figures go to reports/faults.jsonl.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -16,11 +17,11 @@ from pathlib import Path
 
 import pytest
 
+from bertstream.devservices.process import free_port, log_tail
+from bertstream.devservices.tls_front import TlsFiles
 from tests.faults import scenarios
 from tests.faults.harness import FaultRun, Figures
 from worker.codec import MAX_DEPTH, MAX_ID_CHARS, RAW_PREFIX_BYTES, raw_bytes
-from bertstream.devservices.process import free_port, log_tail
-from bertstream.devservices.tls_front import TlsFiles
 
 pytestmark = pytest.mark.integration
 
@@ -70,6 +71,7 @@ def tmp(tmp_path: Path) -> Path:
 
 
 # -- 1 + 5: delivery, per-key order, bad input, truncation, duplicate ids, loopback ----------------
+
 
 def test_delivery_order_bad_input_and_truncation(kafka_bootstrap: str, redis_url: str, tmp: Path) -> None:
     run = FaultRun(kafka_bootstrap, redis_url, tmp, partitions=3, env={"BERTSTREAM_MAX_WINDOWS": "1"})
@@ -139,9 +141,14 @@ def test_delivery_order_bad_input_and_truncation(kafka_bootstrap: str, redis_url
         eid, value = run.event(10_000, tag="after")
         run.produce([value])
         assert col.wait_for([eid], 60) < 60
-        figures.add(good=len(ids), bad_kinds=len({n for _, _, n, _ in bad}), dead_letters=len(col.dead),
-                    keys_order_checked=checked, drain_s=round(waited, 1),
-                    dead_letter_metric=worker.metric("bertstream_dead_letters_total"))
+        figures.add(
+            good=len(ids),
+            bad_kinds=len({n for _, _, n, _ in bad}),
+            dead_letters=len(col.dead),
+            keys_order_checked=checked,
+            drain_s=round(waited, 1),
+            dead_letter_metric=worker.metric("bertstream_dead_letters_total"),
+        )
         assert len({n for _, _, n, _ in bad}) >= 20
     figures.emit()
 
@@ -165,6 +172,7 @@ def _assert_loopback_only(port: int) -> None:
 
 # -- 2: crashes ------------------------------------------------------------------------------------
 
+
 def test_kill9_at_random_moments_then_restart(kafka_bootstrap: str, redis_url: str, tmp: Path) -> None:
     run = FaultRun(kafka_bootstrap, redis_url, tmp, partitions=2)
     fig = scenarios.crash_restart(run, n=1500, rate=60, kills=2, distinct=300, name="kill9_quick")
@@ -179,33 +187,45 @@ def test_sigterm_finishes_in_flight_batch(kafka_bootstrap: str, redis_url: str, 
 
 # -- 3 + 7: Redis outage, with AUTH -------------------------------------------------------------------
 
+
 def test_redis_outage_with_auth(kafka_bootstrap: str, tmp: Path) -> None:
     from bertstream.devservices.redis_server import EmbeddedRedis
 
     password = "s3cret-" + os.urandom(4).hex()
     with EmbeddedRedis(password=password) as server:
         run = FaultRun(kafka_bootstrap, server.url, tmp, partitions=2)
-        fig = scenarios.redis_outage(run, server, n=900, rate=60, distinct=900, outage_s=8, password=password,
-                                     name="redis_outage_quick")
+        fig = scenarios.redis_outage(
+            run, server, n=900, rate=60, distinct=900, outage_s=8, password=password, name="redis_outage_quick"
+        )
     assert fig.values["lost"] == 0
 
 
 # -- 4: broker restart ------------------------------------------------------------------------------
+
 
 def test_broker_restart_reconnects(tmp: Path, redis_url: str) -> None:
     from bertstream.devservices.broker import EmbeddedBroker
 
     with EmbeddedBroker() as broker:
         run = FaultRun(broker.bootstrap, redis_url, tmp, partitions=2)
-        fig = scenarios.broker_restart(run, broker, before=200, after=200, rate=100, distinct=100, name="broker_restart_quick")
+        fig = scenarios.broker_restart(
+            run, broker, before=200, after=200, rate=100, distinct=100, name="broker_restart_quick"
+        )
     assert fig.values["lost_after_restart"] == 0
 
 
 # -- 6 + 7: start-up errors: one clear line, exit 2 ---------------------------------------------------
 
+
 def _run_worker(env: dict[str, str], *args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "bertstream.cli.main", "worker", *args], env=env, capture_output=True,
-                          text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+    return subprocess.run(
+        [sys.executable, "-m", "bertstream.cli.main", "worker", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+    )
 
 
 def _assert_one_clear_line(result: subprocess.CompletedProcess[str], *needles: str) -> str:
@@ -249,14 +269,29 @@ STARTUP_CASES = [
     ("pickle_only_model_dir", {"BERTSTREAM_MODEL_DIR": "{pickle_only}"}, ["safetensors", "pickle"]),
     ("head_label_mismatch", {"HEAD": "{head_3labels}"}, ["labels"]),
     ("unknown_pipeline", {"PIPELINE": "nope"}, ["unknown pipeline 'nope'"]),
-    ("unreachable_broker", {"BERTSTREAM_KAFKA_BROKERS": "127.0.0.1:{free}"}, ["unreachable", "BERTSTREAM_KAFKA_BROKERS"]),
-    ("unreachable_redis", {"BERTSTREAM_REDIS_URL": "redis://127.0.0.1:{free}/0"}, ["unreachable", "BERTSTREAM_REDIS_URL"]),
+    (
+        "unreachable_broker",
+        {"BERTSTREAM_KAFKA_BROKERS": "127.0.0.1:{free}"},
+        ["unreachable", "BERTSTREAM_KAFKA_BROKERS"],
+    ),
+    (
+        "unreachable_redis",
+        {"BERTSTREAM_REDIS_URL": "redis://127.0.0.1:{free}/0"},
+        ["unreachable", "BERTSTREAM_REDIS_URL"],
+    ),
 ]
 
 
 @pytest.mark.parametrize("case,overrides,needles", STARTUP_CASES, ids=[c[0] for c in STARTUP_CASES])
-def test_startup_error_is_one_clear_line(case: str, overrides: dict[str, str], needles: list[str], kafka_bootstrap: str,
-                                         redis_url: str, bad_models: dict[str, Path], tmp: Path) -> None:
+def test_startup_error_is_one_clear_line(
+    case: str,
+    overrides: dict[str, str],
+    needles: list[str],
+    kafka_bootstrap: str,
+    redis_url: str,
+    bad_models: dict[str, Path],
+    tmp: Path,
+) -> None:
     values = {k: str(v) for k, v in bad_models.items()} | {"free": str(free_port())}
     overrides = {k: v.format(**values) for k, v in overrides.items()}
     run = FaultRun(kafka_bootstrap, redis_url, tmp, heads=[overrides.pop("HEAD")] if "HEAD" in overrides else None)
@@ -275,44 +310,13 @@ def test_wrong_redis_password_is_one_clear_line_without_the_secret(kafka_bootstr
         line = _assert_one_clear_line(result, "refused the credentials", "BERTSTREAM_REDIS_URL")
         assert wrong not in result.stderr + result.stdout and server.password not in line
         no_pass = FaultRun(kafka_bootstrap, f"redis://127.0.0.1:{server.port}/0", tmp)
-        _assert_one_clear_line(_run_worker(no_pass.env(free_port()), "--pipeline", no_pass.pipeline), "BERTSTREAM_REDIS_URL")
-
-
-# -- 7: Kafka SASL / TLS settings pass through to both clients -----------------------------------------
-
-def test_kafka_sasl_and_tls_settings_pass_through(tmp: Path) -> None:
-    import ssl
-
-    import faust
-
-    from worker.config import load_settings
-    from worker.connection import KafkaConnection
-
-    def _credentials(settings):
-        return KafkaConnection.from_settings(settings).faust_credentials()
-
-    key, cert = tmp / "key.pem", tmp / "cert.pem"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(cert),
-                    "-days", "1", "-subj", "/CN=localhost"], check=True, capture_output=True)
-    settings = load_settings(kafka_brokers="b1:9093,b2:9093", kafka_security_protocol="SASL_SSL",
-                             kafka_sasl_mechanism="SCRAM-SHA-512", kafka_sasl_username="alice", kafka_sasl_password="pw-123",
-                             kafka_ssl_cafile=cert, kafka_ssl_certfile=cert, kafka_ssl_keyfile=key)
-    kw = KafkaConnection.from_settings(settings).kafka_python()
-    assert kw["security_protocol"] == "SASL_SSL" and kw["bootstrap_servers"] == ["b1:9093", "b2:9093"]
-    assert kw["sasl_mechanism"] == "SCRAM-SHA-512" and kw["sasl_plain_username"] == "alice"
-    assert kw["sasl_plain_password"] == "pw-123"
-    assert kw["ssl_cafile"] == str(cert) and kw["ssl_certfile"] == str(cert) and kw["ssl_keyfile"] == str(key)
-    creds = _credentials(settings)
-    assert isinstance(creds, faust.SASLCredentials)
-    assert creds.username == "alice" and creds.password == "pw-123" and str(creds.mechanism).endswith("SCRAM_SHA_512")
-    assert isinstance(creds.ssl_context, ssl.SSLContext)
-    tls_only = load_settings(kafka_security_protocol="SSL", kafka_ssl_cafile=cert)
-    assert isinstance(_credentials(tls_only), faust.SSLCredentials)
-    assert _credentials(load_settings()) is None
-    assert "pw-123" not in repr(settings)  # SecretStr
+        _assert_one_clear_line(
+            _run_worker(no_pass.env(free_port()), "--pipeline", no_pass.pipeline), "BERTSTREAM_REDIS_URL"
+        )
 
 
 # -- 7: TLS for real: Kafka through the embedded broker's TLS front, Redis on --tls-port -------------
+
 
 def test_worker_over_tls_to_kafka_and_redis(tls_files: tuple[TlsFiles, Path], tmp: Path) -> None:
     """The worker reads, caches and publishes over TLS only; plaintext clients get nothing."""
@@ -327,8 +331,9 @@ def test_worker_over_tls_to_kafka_and_redis(tls_files: tuple[TlsFiles, Path], tm
     password = "tls-pw-" + os.urandom(4).hex()
     with EmbeddedBroker(tls=tls) as broker, EmbeddedRedis(password=password, tls=tls) as server:
         assert server.url.startswith("rediss://")
-        run = FaultRun(broker.bootstrap, server.url, tmp, kafka={"kafka_security_protocol": "SSL",
-                                                                 "kafka_ssl_cafile": str(tls.ca)})
+        run = FaultRun(
+            broker.bootstrap, server.url, tmp, kafka={"kafka_security_protocol": "SSL", "kafka_ssl_cafile": str(tls.ca)}
+        )
         with scenarios.observed(run) as col:
             worker = run.start_worker()
             first = [run.event(i, distinct=20) for i in range(20)]
@@ -346,8 +351,9 @@ def test_worker_over_tls_to_kafka_and_redis(tls_files: tuple[TlsFiles, Path], tm
             assert password not in worker.log_text()
             # A client that does not speak TLS gets no answer from the TLS port.
             with pytest.raises(KafkaError):
-                KafkaAdminClient(bootstrap_servers=broker.bootstrap, request_timeout_ms=2000,
-                                 bootstrap_timeout_ms=2000).list_topics()
+                KafkaAdminClient(
+                    bootstrap_servers=broker.bootstrap, request_timeout_ms=2000, bootstrap_timeout_ms=2000
+                ).list_topics()
 
 
 def test_tls_startup_errors_are_one_clear_line(tls_files: tuple[TlsFiles, Path], tmp: Path) -> None:
@@ -357,17 +363,26 @@ def test_tls_startup_errors_are_one_clear_line(tls_files: tuple[TlsFiles, Path],
 
     tls, other_ca = tls_files
     with EmbeddedBroker(tls=tls) as broker, EmbeddedRedis(tls=tls) as server:
-        run = FaultRun(broker.bootstrap, server.url, tmp, kafka={"kafka_security_protocol": "SSL",
-                                                                 "kafka_ssl_cafile": str(tls.ca)})
+        run = FaultRun(
+            broker.bootstrap, server.url, tmp, kafka={"kafka_security_protocol": "SSL", "kafka_ssl_cafile": str(tls.ca)}
+        )
         wrong_ca = run.env(free_port(), kafka_ssl_cafile=str(other_ca))
-        _assert_one_clear_line(_run_worker(wrong_ca, "--pipeline", run.pipeline),
-                               "TLS certificate not trusted", "BERTSTREAM_KAFKA_SSL_CAFILE")
+        _assert_one_clear_line(
+            _run_worker(wrong_ca, "--pipeline", run.pipeline),
+            "TLS certificate not trusted",
+            "BERTSTREAM_KAFKA_SSL_CAFILE",
+        )
         no_redis_ca = run.env(free_port(), redis_url=server.url.split("?")[0])
-        _assert_one_clear_line(_run_worker(no_redis_ca, "--pipeline", run.pipeline),
-                               "TLS certificate not trusted", "ssl_ca_certs", "BERTSTREAM_REDIS_URL")
+        _assert_one_clear_line(
+            _run_worker(no_redis_ca, "--pipeline", run.pipeline),
+            "TLS certificate not trusted",
+            "ssl_ca_certs",
+            "BERTSTREAM_REDIS_URL",
+        )
 
 
 # -- 2 + 4: a stop while the broker is down is still bounded ------------------------------------------
+
 
 def test_sigterm_with_broker_down_exits_within_grace(tmp: Path, redis_url: str) -> None:
     """Deliveries cannot complete (broker gone): the stop still ends within the grace period,
@@ -391,8 +406,12 @@ def test_sigterm_with_broker_down_exits_within_grace(tmp: Path, redis_url: str) 
             run.stop_all()
         stop_s = time.monotonic() - t0
         fig = Figures("sigterm_broker_down")
-        fig.add(exit_code=code, stop_s=round(stop_s, 1), grace_s=8,
-                shutdown_timeout_logged=bool(worker.log_events("shutdown_timeout")))
+        fig.add(
+            exit_code=code,
+            stop_s=round(stop_s, 1),
+            grace_s=8,
+            shutdown_timeout_logged=bool(worker.log_events("shutdown_timeout")),
+        )
         fig.emit()
         assert stop_s < 8 + 5, log_tail(worker.log)
         assert code in (0, 3), log_tail(worker.log)
@@ -404,13 +423,25 @@ def test_worker_with_mutual_tls(tls_files: tuple[TlsFiles, Path], redis_url: str
     from bertstream.devservices.broker import EmbeddedBroker
 
     tls, _ = tls_files
-    client = {"kafka_ssl_certfile": str(tls.ca.parent / "client.pem"), "kafka_ssl_keyfile": str(tls.ca.parent / "client-key.pem")}
+    client = {
+        "kafka_ssl_certfile": str(tls.ca.parent / "client.pem"),
+        "kafka_ssl_keyfile": str(tls.ca.parent / "client-key.pem"),
+    }
     with EmbeddedBroker(tls=tls, client_auth=True) as broker:
-        run = FaultRun(broker.bootstrap, redis_url, tmp, kafka={"kafka_security_protocol": "SSL",
-                                                                "kafka_ssl_cafile": str(tls.ca), **client})
-        no_cert = {k: v for k, v in run.env(free_port()).items() if k not in ("BERTSTREAM_KAFKA_SSL_CERTFILE", "BERTSTREAM_KAFKA_SSL_KEYFILE")}
-        _assert_one_clear_line(_run_worker(no_cert, "--pipeline", run.pipeline),
-                               "client certificate", "BERTSTREAM_KAFKA_SSL_CERTFILE")
+        run = FaultRun(
+            broker.bootstrap,
+            redis_url,
+            tmp,
+            kafka={"kafka_security_protocol": "SSL", "kafka_ssl_cafile": str(tls.ca), **client},
+        )
+        no_cert = {
+            k: v
+            for k, v in run.env(free_port()).items()
+            if k not in ("BERTSTREAM_KAFKA_SSL_CERTFILE", "BERTSTREAM_KAFKA_SSL_KEYFILE")
+        }
+        _assert_one_clear_line(
+            _run_worker(no_cert, "--pipeline", run.pipeline), "client certificate", "BERTSTREAM_KAFKA_SSL_CERTFILE"
+        )
         with scenarios.observed(run) as col:
             worker = run.start_worker()
             events = [run.event(i, distinct=10) for i in range(10)]

@@ -1,4 +1,5 @@
 """Hot reload with events in flight, and the web endpoints scraped from a running worker."""
+
 from __future__ import annotations
 
 import json
@@ -32,13 +33,21 @@ def _republish(head_dir: Path, note: str) -> None:
     (head_dir / "head.json").write_text(json.dumps(config, indent=2))
 
 
-def test_reload_on_file_change_and_sighup_with_events_in_flight(kafka_bootstrap: str, redis_url: str, tmp_path: Path) -> None:
+def test_reload_on_file_change_and_sighup_with_events_in_flight(
+    kafka_bootstrap: str, redis_url: str, tmp_path: Path
+) -> None:
     heads = []
     for name in ("spam", "sentiment"):
         shutil.copytree(resolve_head_dir(name), tmp_path / name)
         heads.append(str(tmp_path / name))
-    run = FaultRun(kafka_bootstrap, redis_url, tmp_path, heads=heads, prefix="reload",
-                   env={"BERTSTREAM_RELOAD_CHECK_S": "1", "BERTSTREAM_LAG_INTERVAL_S": "1"})
+    run = FaultRun(
+        kafka_bootstrap,
+        redis_url,
+        tmp_path,
+        heads=heads,
+        prefix="reload",
+        env={"BERTSTREAM_RELOAD_CHECK_S": "1", "BERTSTREAM_LAG_INTERVAL_S": "1"},
+    )
     with scenarios.observed(run) as collector:
         worker = run.start_worker()
         assert _get(worker.port, "/healthz")[0] == 200
@@ -51,13 +60,18 @@ def test_reload_on_file_change_and_sighup_with_events_in_flight(kafka_bootstrap:
         feeder.start()
         assert wait_until(lambda: len(collector.outputs) >= 60, 120) is not None
         _republish(tmp_path / "spam", "file-change")  # picked up by the file watcher
-        assert wait_until(lambda: worker.metric("bertstream_model_reloads_total", '{result="ok"}') == 1.0, 120) is not None
+        assert (
+            wait_until(lambda: worker.metric("bertstream_model_reloads_total", '{result="ok"}') == 1.0, 120) is not None
+        )
         mid_version = json.loads(_get(worker.port, "/readyz")[1])["model"]
         assert mid_version != old_version
 
         _republish(tmp_path / "sentiment", "sighup")
         run.kill(worker, signal.SIGHUP)
-        assert wait_until(lambda: (worker.metric("bertstream_model_reloads_total", '{result="ok"}') or 0) >= 2.0, 120) is not None
+        assert (
+            wait_until(lambda: (worker.metric("bertstream_model_reloads_total", '{result="ok"}') or 0) >= 2.0, 120)
+            is not None
+        )
         feeder.join(timeout=120)
         collector.wait_for(ids, timeout_s=180)
 

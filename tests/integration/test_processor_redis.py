@@ -4,6 +4,7 @@ model calls, and a Redis that is not there (degraded, yet every event gets its o
 The classifier is a tiny random BERT with random heads (fine here: nothing asserts label quality).
 Every test uses its own model version, so its cache keys are its own; it deletes only those keys.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -47,7 +48,9 @@ def encoder() -> Encoder:
     config = BertConfig(
         vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64
     )
-    settings = EncoderSettings(device="cpu", precision="fp32", threads=1, window_tokens=32, stride_tokens=8, max_windows=2)
+    settings = EncoderSettings(
+        device="cpu", precision="fp32", threads=1, window_tokens=32, stride_tokens=8, max_windows=2
+    )
     return Encoder(settings, model=BertModel(config).eval(), tokenizer=tokenizer)
 
 
@@ -331,7 +334,7 @@ async def until(condition, failure: str, timeout_s: float = 10.0) -> None:
 
     try:
         await asyncio.wait_for(poll(), timeout_s)
-    except asyncio.TimeoutError:
+    except TimeoutError:
         pytest.fail(failure)
 
 
@@ -339,8 +342,10 @@ def test_idle_model_instances_share_a_batch_busy_ones_do_not(redis_url, encoder,
     """Two model instances: a batch that finds the other one idle is split in two parts that run
     at once; a batch that finds none idle goes whole. Outputs stay in input order, the labels are
     those of the same texts classified in one piece, and every borrowed instance is given back."""
-    heads = {name: Head(HeadSpec(name=name, labels=labels, input_dim=encoder.hidden_size, hidden=16)).eval()
-             for name, labels in LABELS.items()}
+    heads = {
+        name: Head(HeadSpec(name=name, labels=labels, input_dim=encoder.hidden_size, hidden=16)).eval()
+        for name, labels in LABELS.items()
+    }
     gated = GatedClassifier(encoder, heads, {name: uuid.uuid4().hex for name in heads})
     first = [f"{TEXTS[i % 4]} (first batch, {i})" for i in range(20)]
     second = [f"{TEXTS[i % 4]} (second batch, {i})" for i in range(20)]

@@ -15,8 +15,8 @@ from kafka.admin import NewTopic
 from kafka.structs import OffsetAndMetadata
 from prometheus_client import CollectorRegistry, Counter, generate_latest
 
-from worker.config import Pipeline, Settings
 from bertstream.cli.status import high_watermarks, render, status, status_rows
+from worker.config import Pipeline, Settings
 
 pytestmark = pytest.mark.integration
 
@@ -33,11 +33,15 @@ def _create_topic(bootstrap: str, name: str, partitions: int = PARTITIONS) -> No
 
 def _produce(bootstrap: str, topic: str, per_partition: dict[int, int], batched: bool = True) -> None:
     """Batched sends put many records in one batch: the case where ListOffsets "latest" is wrong on tansu."""
-    producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=50 if batched else 0,
-                             request_timeout_ms=10000)
+    producer = KafkaProducer(
+        bootstrap_servers=bootstrap, acks="all", linger_ms=50 if batched else 0, request_timeout_ms=10000
+    )
     try:
-        futures = [producer.send(topic, value=f"{p}-{i}".encode(), partition=p)
-                   for p, n in per_partition.items() for i in range(n)]
+        futures = [
+            producer.send(topic, value=f"{p}-{i}".encode(), partition=p)
+            for p, n in per_partition.items()
+            for i in range(n)
+        ]
         producer.flush(timeout=15)
         for f in futures:
             f.get(timeout=15)
@@ -46,8 +50,13 @@ def _produce(bootstrap: str, topic: str, per_partition: dict[int, int], batched:
 
 
 def _commit(bootstrap: str, group: str, topic: str, offsets: dict[int, int]) -> None:
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False,
-                             session_timeout_ms=6000, heartbeat_interval_ms=1000)
+    consumer = KafkaConsumer(
+        bootstrap_servers=bootstrap,
+        group_id=group,
+        enable_auto_commit=False,
+        session_timeout_ms=6000,
+        heartbeat_interval_ms=1000,
+    )
     try:
         consumer.commit({TopicPartition(topic, p): OffsetAndMetadata(o, "", -1) for p, o in offsets.items()})
     finally:
@@ -138,7 +147,9 @@ def test_metrics_from_two_workers_are_summed(
         Counter("bertstream_events_in_total", "", ["pipeline"], registry=registry).labels("p").inc(events)
         Counter("bertstream_cache_hits_total", "", ["pipeline"], registry=registry).labels("p").inc(hits)
         Counter("bertstream_cache_misses_total", "", ["pipeline"], registry=registry).labels("p").inc(misses)
-        Counter("bertstream_dead_letters_total", "", ["pipeline", "error"], registry=registry).labels("p", "invalid_json").inc(dead)
+        Counter("bertstream_dead_letters_total", "", ["pipeline", "error"], registry=registry).labels(
+            "p", "invalid_json"
+        ).inc(dead)
         Counter("bertstream_events_in_total_other", "", ["pipeline"], registry=registry).labels("q").inc(7)
         urls.append(metrics_server(registry))
     urls.append("http://127.0.0.1:9/metrics")  # a worker that is down
@@ -160,17 +171,31 @@ def test_status_command_prints_the_table(kafka_bootstrap: str, topic_name: Calla
     _create_topic(kafka_bootstrap, topic, partitions=2)
     _produce(kafka_bootstrap, topic, {0: 4, 1: 2})
     pipelines = tmp_path / "pipelines.toml"
-    pipelines.write_text(f'[pipelines.mine]\ninput = "{topic}"\noutput = "o"\ndead_letter = "d"\nheads = ["sentiment"]\n')
+    pipelines.write_text(
+        f'[pipelines.mine]\ninput = "{topic}"\noutput = "o"\ndead_letter = "d"\nheads = ["sentiment"]\n'
+    )
 
-    result = CliRunner().invoke(status, ["--brokers", kafka_bootstrap, "--group-id", f"g-{uuid.uuid4().hex[:6]}",
-                                         "--pipelines-file", str(pipelines), "--interval", "0"])
+    result = CliRunner().invoke(
+        status,
+        [
+            "--brokers",
+            kafka_bootstrap,
+            "--group-id",
+            f"g-{uuid.uuid4().hex[:6]}",
+            "--pipelines-file",
+            str(pipelines),
+            "--interval",
+            "0",
+        ],
+    )
     assert result.exit_code == 0, result.output
     data_line = result.output.splitlines()[2].split()
     assert data_line[:4] == ["mine", topic, "2", "6"]
     assert "0:4 1:2" in result.output
 
-    as_json = CliRunner().invoke(status, ["--brokers", kafka_bootstrap, "--pipelines-file", str(pipelines),
-                                          "--interval", "0", "--json"])
+    as_json = CliRunner().invoke(
+        status, ["--brokers", kafka_bootstrap, "--pipelines-file", str(pipelines), "--interval", "0", "--json"]
+    )
     assert as_json.exit_code == 0, as_json.output
     assert '"lag": 6' in as_json.output
 

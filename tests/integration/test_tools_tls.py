@@ -1,5 +1,6 @@
 """The tools reach a TLS-only broker with the settings' TLS: the bench's and the soak's clients
 come from the same KafkaConnection as the worker's, so none of them drops TLS (or SASL)."""
+
 from __future__ import annotations
 
 import time
@@ -19,8 +20,9 @@ from worker.connection import ensure_topics
 pytestmark = pytest.mark.integration
 
 
-def test_bench_and_soak_clients_speak_tls_from_the_settings(tls_files: tuple[TlsFiles, Path], redis_url: str,
-                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+def test_bench_and_soak_clients_speak_tls_from_the_settings(
+    tls_files: tuple[TlsFiles, Path], redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     tls, _ = tls_files
     with EmbeddedBroker(tls=tls) as broker, ExitStack() as stack:
         # What a user of a TLS cluster sets; the tools read it through services().

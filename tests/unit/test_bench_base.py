@@ -1,4 +1,5 @@
 """The bench's BERT-base-sized encoder: the shapes the GPU section measures, and that it runs."""
+
 from __future__ import annotations
 
 from bertstream.bench.base import base_sized_classifier, run_base_suite
@@ -16,8 +17,17 @@ def test_base_sized_classifier_has_bert_base_shapes() -> None:
 
 def test_run_base_suite_reports_each_precision() -> None:
     seen: list[str] = []
-    out = run_base_suite(["spam"], ["spam"], ["a short text", "another one"], "cpu", ["fp32", "bf16"], batch=2,
-                         min_seconds=0.01, log=seen.append, instances=2)
+    out = run_base_suite(
+        ["spam"],
+        ["spam"],
+        ["a short text", "another one"],
+        "cpu",
+        ["fp32", "bf16"],
+        batch=2,
+        min_seconds=0.01,
+        log=seen.append,
+        instances=2,
+    )
     assert 105 < out["params_millions"] < 112  # BERT-base without its pooler
     assert set(out["precisions"]) == {"fp32", "bf16"}
     assert all(v["events_per_s"] > 0 and v["texts"] >= 4 for v in out["precisions"].values())

@@ -1,4 +1,5 @@
 """Cache keying (model version + task set + text) and secret redaction in logs."""
+
 from __future__ import annotations
 
 import io

@@ -3,6 +3,7 @@
 The tokenizer is the real one of all-MiniLM-L6-v2; the encoder is a 2-layer, 32-wide BertModel built
 in-process with random weights, so every test runs in milliseconds.
 """
+
 from __future__ import annotations
 
 import json
@@ -57,7 +58,9 @@ def make_encoder(bert, tokenizer, **overrides) -> Encoder:
     return Encoder(settings, model=bert, tokenizer=tokenizer)
 
 
-def make_head(name: str, seed: int, *, hidden: int = 16, layers: list[int] | None = None, input_dim: int = HIDDEN) -> Head:
+def make_head(
+    name: str, seed: int, *, hidden: int = 16, layers: list[int] | None = None, input_dim: int = HIDDEN
+) -> Head:
     torch.manual_seed(seed)
     head = Head(HeadSpec(name=name, labels=LABELS[name], input_dim=input_dim, hidden=hidden, layers=layers or [-1]))
     return head.eval()
@@ -66,7 +69,11 @@ def make_head(name: str, seed: int, *, hidden: int = 16, layers: list[int] | Non
 @pytest.fixture(scope="module")
 def classifier(bert, tokenizer) -> Classifier:
     encoder = make_encoder(bert, tokenizer, window_tokens=32, stride_tokens=8, max_windows=4, token_budget=256)
-    heads = {"sentiment": make_head("sentiment", 1), "spam": make_head("spam", 2, hidden=0), "topic": make_head("topic", 3, layers=[-1, -2])}
+    heads = {
+        "sentiment": make_head("sentiment", 1),
+        "spam": make_head("spam", 2, hidden=0),
+        "topic": make_head("topic", 3, layers=[-1, -2]),
+    }
     return Classifier(encoder, heads)
 
 
@@ -125,7 +132,9 @@ def test_windows_overlap_and_keep_special_tokens(bert, tokenizer) -> None:
 
 @pytest.mark.parametrize("budget,max_batch", [(64, 256), (100, 256), (1000, 3)])
 def test_batches_stay_in_token_budget(bert, tokenizer, budget: int, max_batch: int) -> None:
-    enc = make_encoder(bert, tokenizer, window_tokens=32, stride_tokens=8, max_windows=8, token_budget=budget, max_batch=max_batch)
+    enc = make_encoder(
+        bert, tokenizer, window_tokens=32, stride_tokens=8, max_windows=8, token_budget=budget, max_batch=max_batch
+    )
     texts = [" ".join(["w"] * n) for n in (1, 3, 50, 7, 120, 2, 30, 9, 64, 15)]
     shapes: list[tuple[int, int]] = []
     real_forward = enc._forward
@@ -199,7 +208,7 @@ def test_model_instances_on_threads_give_the_same_results(classifier: Classifier
     """Several batches through one encoder at once (the worker's model instances, one thread
     each, sharing the tokenizer) give exactly what the same batches give one after another."""
     texts = [f"{text} #{i}" for i in range(30) for text in TEXTS]
-    chunks = [texts[i:i + 7] for i in range(0, len(texts), 7)]
+    chunks = [texts[i : i + 7] for i in range(0, len(texts), 7)]
     one_by_one = [[p.results for p in classifier.predict(chunk)] for chunk in chunks]
     with ThreadPoolExecutor(max_workers=4) as pool:
         at_once = [[p.results for p in preds] for preds in pool.map(classifier.predict, chunks)]
@@ -255,7 +264,9 @@ def test_load_head_missing_files(tmp_path: Path) -> None:
         load_head(tmp_path)
 
 
-@pytest.mark.parametrize("damage", ["garbage_weights", "truncated_weights", "bad_json", "label_mismatch", "dim_mismatch"])
+@pytest.mark.parametrize(
+    "damage", ["garbage_weights", "truncated_weights", "bad_json", "label_mismatch", "dim_mismatch"]
+)
 def test_load_head_corrupt(tmp_path: Path, damage: str) -> None:
     directory = tmp_path / "spam"
     save_head(make_head("spam", 9), directory)

@@ -1,4 +1,5 @@
 """The event contracts: every DecodeError code from a concrete bad input, round trips, and a fuzz test."""
+
 from __future__ import annotations
 
 import json
@@ -49,7 +50,7 @@ BAD_INPUTS: list[tuple[str, bytes | None, str]] = [
     ("float overflow", b'{"text": "hello", "score": 1e999}', "invalid_json"),
     ("huge integer", b'{"text": "hello", "n": ' + b"7" * 5000 + b"}", "invalid_json"),
     ("non-utf8", b'{"text": "caf\xe9"}', "not_utf8"),
-    ("utf-16 encoded", "{\"text\": \"hi\"}".encode("utf-16-le"), "nul_byte"),
+    ("utf-16 encoded", '{"text": "hi"}'.encode("utf-16-le"), "nul_byte"),
     ("NUL byte", b'{"text": "hello\x00"}', "nul_byte"),
     ("array", b'["text", "hello"]', "not_object"),
     ("string", b'"hello"', "not_object"),
@@ -101,7 +102,7 @@ def test_too_large() -> None:
     raw = _event(text="word " * 300)
     assert _code(raw, max_bytes=len(raw) - 1) == "too_large"
     assert decode(raw, SRC, max_bytes=len(raw)).text.startswith("word")
-    assert _code(b"x" * 10_000_001) == "too_large"  # the 10 MB message of issue 5, default limit
+    assert _code(b"x" * 10_000_001) == "too_large"  # a 10 MB message, default limit
 
 
 def test_depth_limit_is_exact() -> None:
@@ -184,7 +185,9 @@ def test_dead_letter_for_empty_message() -> None:
 
 def test_output_matches_contract() -> None:
     event = decode(_event(id="e1", text="hello", metadata={"k": "v"}), SRC)
-    results = {"sentiment": {"label": "positive", "score": 0.9, "scores": {"negative": 0.05, "neutral": 0.05, "positive": 0.9}}}
+    results = {
+        "sentiment": {"label": "positive", "score": 0.9, "scores": {"negative": 0.05, "neutral": 0.05, "positive": 0.9}}
+    }
     out = json.loads(
         encode_output(event, results, {"name": "m", "version": "abc"}, cached=True, truncated=False, latency_ms=12.3456)
     )
@@ -240,7 +243,9 @@ json_values = st.recursive(
 json_events = st.fixed_dictionaries(
     {},
     optional={"id": json_values, "text": st.one_of(st.text(max_size=60), json_values), "metadata": json_values},
-).flatmap(lambda base: st.dictionaries(st.text(max_size=8), json_values, max_size=3).map(lambda extra: {**extra, **base}))
+).flatmap(
+    lambda base: st.dictionaries(st.text(max_size=8), json_values, max_size=3).map(lambda extra: {**extra, **base})
+)
 
 
 @FUZZ

@@ -1,4 +1,5 @@
 """Configuration: BERTSTREAM_* env vars over defaults, one-line errors, the packaged pipelines file."""
+
 from __future__ import annotations
 
 import os
@@ -185,4 +186,3 @@ def test_invalid_pipeline_table(tmp_path: Path, body: str, expect: str) -> None:
     message = str(info.value)
     assert "'bad'" in message and expect in message
     assert "\n" not in message
-

@@ -1,4 +1,5 @@
 """KafkaConnection: the one translation of the Kafka settings into each client's kwargs."""
+
 from __future__ import annotations
 
 import ssl
@@ -16,17 +17,43 @@ from worker.connection import KafkaConnection
 def pem(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     base = tmp_path_factory.mktemp("pem")
     key, cert = base / "key.pem", base / "cert.pem"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(cert),
-                    "-days", "1", "-subj", "/CN=localhost"], check=True, capture_output=True)
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+            "-days",
+            "1",
+            "-subj",
+            "/CN=localhost",
+        ],
+        check=True,
+        capture_output=True,
+    )
     return key, cert
 
 
 def sasl_ssl(pem: tuple[Path, Path]) -> KafkaConnection:
     key, cert = pem
-    return KafkaConnection.from_settings(load_settings(
-        kafka_brokers="b1:9093,b2:9093", kafka_security_protocol="SASL_SSL", kafka_sasl_mechanism="SCRAM-SHA-512",
-        kafka_sasl_username="alice", kafka_sasl_password="pw-123", kafka_ssl_cafile=cert, kafka_ssl_certfile=cert,
-        kafka_ssl_keyfile=key))
+    return KafkaConnection.from_settings(
+        load_settings(
+            kafka_brokers="b1:9093,b2:9093",
+            kafka_security_protocol="SASL_SSL",
+            kafka_sasl_mechanism="SCRAM-SHA-512",
+            kafka_sasl_username="alice",
+            kafka_sasl_password="pw-123",
+            kafka_ssl_cafile=cert,
+            kafka_ssl_certfile=cert,
+            kafka_ssl_keyfile=key,
+        )
+    )
 
 
 def test_every_client_gets_the_same_security(pem: tuple[Path, Path]) -> None:
@@ -34,11 +61,19 @@ def test_every_client_gets_the_same_security(pem: tuple[Path, Path]) -> None:
     conn = sasl_ssl(pem)
     kp = conn.kafka_python()
     assert kp["bootstrap_servers"] == ["b1:9093", "b2:9093"] and kp["security_protocol"] == "SASL_SSL"
-    assert (kp["sasl_mechanism"], kp["sasl_plain_username"], kp["sasl_plain_password"]) == ("SCRAM-SHA-512", "alice", "pw-123")
+    assert (kp["sasl_mechanism"], kp["sasl_plain_username"], kp["sasl_plain_password"]) == (
+        "SCRAM-SHA-512",
+        "alice",
+        "pw-123",
+    )
     assert (kp["ssl_cafile"], kp["ssl_certfile"], kp["ssl_keyfile"]) == (str(cert), str(cert), str(key))
     ak = conn.aiokafka()
     assert ak["security_protocol"] == "SASL_SSL" and isinstance(ak["ssl_context"], ssl.SSLContext)
-    assert (ak["sasl_mechanism"], ak["sasl_plain_username"], ak["sasl_plain_password"]) == ("SCRAM-SHA-512", "alice", "pw-123")
+    assert (ak["sasl_mechanism"], ak["sasl_plain_username"], ak["sasl_plain_password"]) == (
+        "SCRAM-SHA-512",
+        "alice",
+        "pw-123",
+    )
     cf = conn.confluent()
     assert cf["bootstrap.servers"] == "b1:9093,b2:9093" and cf["security.protocol"] == "sasl_ssl"
     assert (cf["sasl.mechanisms"], cf["sasl.username"], cf["sasl.password"]) == ("SCRAM-SHA-512", "alice", "pw-123")
@@ -46,6 +81,7 @@ def test_every_client_gets_the_same_security(pem: tuple[Path, Path]) -> None:
     assert conn.faust_broker() == "kafka://b1:9093;kafka://b2:9093"
     creds = conn.faust_credentials()
     assert isinstance(creds, faust.SASLCredentials) and creds.username == "alice" and creds.password == "pw-123"
+    assert str(creds.mechanism).endswith("SCRAM_SHA_512") and isinstance(creds.ssl_context, ssl.SSLContext)
     assert "pw-123" not in repr(conn)
 
 

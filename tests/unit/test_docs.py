@@ -75,8 +75,11 @@ def _results(rng: random.Random) -> dict:
         total = sum(math.exp(v) for v in logits)
         probs = [math.exp(v) / total for v in logits]
         top = max(range(len(labels)), key=probs.__getitem__)
-        out[head_dir.name] = {"label": labels[top], "score": round(probs[top], 6),
-                              "scores": {label: round(p, 6) for label, p in zip(labels, probs)}}
+        out[head_dir.name] = {
+            "label": labels[top],
+            "score": round(probs[top], 6),
+            "scores": {label: round(p, 6) for label, p in zip(labels, probs)},
+        }
     return out
 
 
@@ -93,8 +96,14 @@ def test_valid_inputs_match_the_input_schema_and_encode_valid_outputs(raw: bytes
     _validator("input").validate(json.loads(raw))
     event = decode(raw, SOURCE)
     for cached, truncated, latency in ((False, False, 42.129), (True, True, 0.0)):
-        value = encode_output(event, _results(random.Random(len(raw))), {"name": "sentence-transformers/all-MiniLM-L6-v2",
-                              "version": "53aa51172d14"}, cached=cached, truncated=truncated, latency_ms=latency)
+        value = encode_output(
+            event,
+            _results(random.Random(len(raw))),
+            {"name": "sentence-transformers/all-MiniLM-L6-v2", "version": "53aa51172d14"},
+            cached=cached,
+            truncated=truncated,
+            latency_ms=latency,
+        )
         _validator("output").validate(json.loads(value))
 
 
@@ -106,17 +115,20 @@ def test_the_demo_feed_matches_the_input_schema() -> None:
                 validator.validate(json.loads(line))
 
 
-@pytest.mark.parametrize("doc, code", [
-    ({"id": "x"}, "missing_text"),
-    ({"text": 3}, "text_not_string"),
-    ({"text": ""}, "empty_text"),
-    ({"text": "   "}, "blank_text"),
-    ({"text": "ok", "id": 7}, "id_not_string"),
-    ({"text": "ok", "id": ""}, "empty_id"),
-    ({"text": "ok", "id": "x" * 257}, "id_too_long"),
-    ({"text": "ok", "metadata": [1]}, "metadata_not_object"),
-    (["not", "an", "object"], "not_object"),
-])
+@pytest.mark.parametrize(
+    "doc, code",
+    [
+        ({"id": "x"}, "missing_text"),
+        ({"text": 3}, "text_not_string"),
+        ({"text": ""}, "empty_text"),
+        ({"text": "   "}, "blank_text"),
+        ({"text": "ok", "id": 7}, "id_not_string"),
+        ({"text": "ok", "id": ""}, "empty_id"),
+        ({"text": "ok", "id": "x" * 257}, "id_too_long"),
+        ({"text": "ok", "metadata": [1]}, "metadata_not_object"),
+        (["not", "an", "object"], "not_object"),
+    ],
+)
 def test_the_input_schema_rejects_what_the_codec_rejects(doc: object, code: str) -> None:
     raw = json.dumps(doc).encode()
     with pytest.raises(DecodeError) as caught:
@@ -126,10 +138,24 @@ def test_the_input_schema_rejects_what_the_codec_rejects(doc: object, code: str)
 
 
 BAD_INPUTS = [
-    b"", b"\x00", b"\xff\xfe not utf-8", b'{"text": "unterminated', b'{"text": "a", "text": "b"}', b"[1, 2]",
-    b'{"id": "x1"}', b'{"text": 5}', b'{"text": ""}', b'{"text": " \\t "}', b'{"text": "\\ud800"}',
-    b'{"text": "a\\u0007b"}', b'{"text": "!!! ???"}', b'{"text": "ok", "id": 1}', b'{"text": "ok", "id": " "}',
-    b'{"text": "ok", "metadata": "x"}', b"[" * 40 + b"]" * 40, b'{"text": "1e999", "n": 1e999}',
+    b"",
+    b"\x00",
+    b"\xff\xfe not utf-8",
+    b'{"text": "unterminated',
+    b'{"text": "a", "text": "b"}',
+    b"[1, 2]",
+    b'{"id": "x1"}',
+    b'{"text": 5}',
+    b'{"text": ""}',
+    b'{"text": " \\t "}',
+    b'{"text": "\\ud800"}',
+    b'{"text": "a\\u0007b"}',
+    b'{"text": "!!! ???"}',
+    b'{"text": "ok", "id": 1}',
+    b'{"text": "ok", "id": " "}',
+    b'{"text": "ok", "metadata": "x"}',
+    b"[" * 40 + b"]" * 40,
+    b'{"text": "1e999", "n": 1e999}',
 ]
 
 

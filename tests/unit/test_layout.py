@@ -1,5 +1,6 @@
 """The layout holds: the runtime loads none of the tools, the command line is the top floor, the
 model side never imports the transport, and one module turns Kafka settings into client kwargs."""
+
 from __future__ import annotations
 
 import ast
@@ -35,8 +36,11 @@ def _top(name: str) -> str:
 
 def test_the_runtime_loads_no_tool_and_no_training_code() -> None:
     code = "import json, sys, worker.main, worker.app, worker.model; print(json.dumps(sorted(sys.modules)))"
-    loaded = json.loads(subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
-                                       check=True, timeout=120).stdout)
+    loaded = json.loads(
+        subprocess.run(
+            [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True, timeout=120
+        ).stdout
+    )
     assert "worker.app" in loaded and "worker.processor" in loaded
     unwanted = [m for m in loaded if _top(m) in TOOLS or m.startswith("pipelines.training")]
     assert not unwanted, f"the runtime imports {unwanted}"

@@ -1,5 +1,6 @@
 """The batch processor against a fake model: no torch, no Redis (the cache is off). The same
 paths with the real model and a real Redis are in tests/integration/test_processor_redis.py."""
+
 from __future__ import annotations
 
 import asyncio
@@ -51,15 +52,25 @@ class FakeModel:
         for text in prepared:
             p = 0.9 if "win" in text else 0.1
             label = LABELS[int(p > 0.5)]
-            out.append(Prediction({"spam": {"label": label, "score": max(p, 1 - p), "scores": {"ham": 1 - p, "spam": p}}}, False))
+            out.append(
+                Prediction(
+                    {"spam": {"label": label, "score": max(p, 1 - p), "scores": {"ham": 1 - p, "spam": p}}}, False
+                )
+            )
         return out
 
     def warm_up(self) -> None:
         pass
 
 
-PIPELINE = Pipeline(name="mail", input="in", output="out", dead_letter="dead", heads=["spam"],
-                    routes=[Route(head="spam", label="spam", topic="out.spam")])
+PIPELINE = Pipeline(
+    name="mail",
+    input="in",
+    output="out",
+    dead_letter="dead",
+    heads=["spam"],
+    routes=[Route(head="spam", label="spam", topic="out.spam")],
+)
 
 
 def process(values: list[bytes], model: FakeModel, pool: ModelPool, hold: int = 1) -> list[Outgoing]:
@@ -82,7 +93,9 @@ def event(text: str) -> bytes:
 
 def test_outputs_routes_and_dead_letters_keep_input_order() -> None:
     model = FakeModel()
-    out = process([event("win a prize"), b"{not json", event("lunch at noon"), event("POISON pill")], model, ModelPool(1))
+    out = process(
+        [event("win a prize"), b"{not json", event("lunch at noon"), event("POISON pill")], model, ModelPool(1)
+    )
     assert [o.topic for o in out] == ["out.spam", "dead", "out", "dead"]
     docs = [json.loads(o.value) for o in out]
     assert docs[0]["results"]["spam"]["label"] == "spam" and docs[2]["results"]["spam"]["label"] == "ham"
@@ -108,8 +121,12 @@ def test_busy_instances_take_the_batch_whole() -> None:
 
 
 def test_the_streaming_path_needs_no_torch() -> None:
-    code = ("import sys; sys.path.insert(0, '.'); import tests.unit.test_processor as t; "
-            "t.test_outputs_routes_and_dead_letters_keep_input_order(); print('torch' in sys.modules)")
+    code = (
+        "import sys; sys.path.insert(0, '.'); import tests.unit.test_processor as t; "
+        "t.test_outputs_routes_and_dead_letters_keep_input_order(); print('torch' in sys.modules)"
+    )
     root = Path(__file__).resolve().parents[2]
-    result = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=120, check=True)
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=120, check=True
+    )
     assert result.stdout.strip().splitlines()[-1] == "False"  # the last line; the log comes before it

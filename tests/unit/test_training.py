@@ -1,4 +1,5 @@
 """Training, saving and loading heads with a tiny random encoder: no data download, no services."""
+
 from __future__ import annotations
 
 import json
@@ -33,10 +34,19 @@ def tokenizer():
 def encoder(tokenizer):
     torch.manual_seed(0)
     config = transformers.BertConfig(
-        vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, max_position_embeddings=128
+        vocab_size=tokenizer.vocab_size,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=128,
     )
     model = transformers.BertModel(config)
-    return Encoder(EncoderSettings(window_tokens=32, stride_tokens=8, max_windows=4, precision="fp32", device="cpu"), model=model, tokenizer=tokenizer)
+    return Encoder(
+        EncoderSettings(window_tokens=32, stride_tokens=8, max_windows=4, precision="fp32", device="cpu"),
+        model=model,
+        tokenizer=tokenizer,
+    )
 
 
 POS = ["great", "love", "wonderful", "excellent", "happy", "superb"]
@@ -110,7 +120,9 @@ def test_early_stopping_keeps_best_epoch():
 
 def test_hybrid_ngram_head_round_trip(encoder, data, tmp_path):
     out = tmp_path / "hybrid"
-    config = TrainConfig(layers=[-1], hidden=0, max_epochs=10, patience=10, lr=5e-3, ngram={"buckets": 64, "min_df": 1, "C": 1.0})
+    config = TrainConfig(
+        layers=[-1], hidden=0, max_epochs=10, patience=10, lr=5e-3, ngram={"buckets": 64, "min_df": 1, "C": 1.0}
+    )
     head = train_heads(encoder, data, out, config, progress=False, use_cache=False, half=True)
     loaded, _ = load_head(out)
     assert loaded.spec.ngram["buckets"] == loaded.ngram_buckets.numel() <= 64
@@ -158,7 +170,14 @@ def test_train_from_csv(encoder, tmp_path):
     rows = synthetic(120, 3)
     path.write_text("text,label\n" + "".join(f"{t},{lab}\n" for t, lab in rows))
     data = resolve_data(str(path))
-    head = train_heads(encoder, data, tmp_path / "csvhead", TrainConfig(hidden=0, max_epochs=8, lr=1e-2), progress=False, use_cache=False)
+    head = train_heads(
+        encoder,
+        data,
+        tmp_path / "csvhead",
+        TrainConfig(hidden=0, max_epochs=8, lr=1e-2),
+        progress=False,
+        use_cache=False,
+    )
     assert head.spec.labels == ["neg", "pos"]
     assert head.spec.training["dataset"] == "train"
 
@@ -168,16 +187,34 @@ def test_finetune_smoke_writes_hf_dir_and_heads(tokenizer, tmp_path):
 
     torch.manual_seed(0)
     config = transformers.BertConfig(
-        vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, max_position_embeddings=128
+        vocab_size=tokenizer.vocab_size,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=128,
     )
     model = transformers.BertModel(config)
     a = Dataset("toy_a", synthetic(48, 4), [], ["neg", "pos"])
     b = Dataset("toy_b", [(t, "long" if len(t) > 40 else "short") for t, _ in synthetic(48, 5)], [], ["long", "short"])
     out = tmp_path / "ft"
-    info = finetune([a, b], out, model=model, tokenizer=tokenizer, epochs=2, lr=1e-3, batch_size=16, window=32, progress=False, patience=2)
+    info = finetune(
+        [a, b],
+        out,
+        model=model,
+        tokenizer=tokenizer,
+        epochs=2,
+        lr=1e-3,
+        batch_size=16,
+        window=32,
+        progress=False,
+        patience=2,
+    )
     assert info["tasks"] == ["toy_a", "toy_b"] and 1 <= info["best_epoch"] <= 2
     assert (out / "config.json").is_file() and list(out.glob("*.safetensors")) and not list(out.glob("*.bin"))
-    enc = Encoder(EncoderSettings(model_dir=out, window_tokens=32, stride_tokens=8, max_windows=2, precision="fp32", device="cpu"))
+    enc = Encoder(
+        EncoderSettings(model_dir=out, window_tokens=32, stride_tokens=8, max_windows=2, precision="fp32", device="cpu")
+    )
     clf = Classifier.load(enc, [str(out / "heads" / "toy_a"), str(out / "heads" / "toy_b")])
     preds = clf.predict(["a wonderful day", "an awful film"])
     assert {p.results["toy_a"]["label"] for p in preds} <= {"neg", "pos"}
@@ -204,16 +241,41 @@ def test_eval_reports_frozen_and_finetuned_side_by_side(encoder, tokenizer, tmp_
     train_csv, test_csv = tmp_path / "train.csv", tmp_path / "test.csv"
     for path, rows in ((train_csv, synthetic(96, 6)), (test_csv, synthetic(32, 7))):
         path.write_text("text,label\n" + "".join(f"{t},{lab}\n" for t, lab in rows))
-    train_heads(encoder, resolve_data(str(train_csv)), tmp_path / "heads" / "toy", TrainConfig(hidden=0, max_epochs=4, lr=1e-2),
-                progress=False, use_cache=False)
-    report = evaluate(encoder, [str(tmp_path / "heads" / "toy")], str(test_csv), train_file=str(train_csv), progress=False)
+    train_heads(
+        encoder,
+        resolve_data(str(train_csv)),
+        tmp_path / "heads" / "toy",
+        TrainConfig(hidden=0, max_epochs=4, lr=1e-2),
+        progress=False,
+        use_cache=False,
+    )
+    report = evaluate(
+        encoder, [str(tmp_path / "heads" / "toy")], str(test_csv), train_file=str(train_csv), progress=False
+    )
     torch.manual_seed(0)
-    config = transformers.BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                                     intermediate_size=64, max_position_embeddings=128)
+    config = transformers.BertConfig(
+        vocab_size=tokenizer.vocab_size,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=128,
+    )
     out = tmp_path / "ft"
-    finetune([Dataset("toy", synthetic(64, 8), [], ["neg", "pos"])], out, model=transformers.BertModel(config), tokenizer=tokenizer,
-             epochs=1, lr=1e-3, batch_size=16, window=32, progress=False)
-    tuned = Encoder(EncoderSettings(model_dir=out, window_tokens=32, stride_tokens=8, max_windows=2, precision="fp32", device="cpu"))
+    finetune(
+        [Dataset("toy", synthetic(64, 8), [], ["neg", "pos"])],
+        out,
+        model=transformers.BertModel(config),
+        tokenizer=tokenizer,
+        epochs=1,
+        lr=1e-3,
+        batch_size=16,
+        window=32,
+        progress=False,
+    )
+    tuned = Encoder(
+        EncoderSettings(model_dir=out, window_tokens=32, stride_tokens=8, max_windows=2, precision="fp32", device="cpu")
+    )
     add_finetuned(report, tuned, out / "heads" / "toy", str(test_csv), train_file=str(train_csv), progress=False)
     names = list(report["models"])
     assert names[:2] == ["head:toy", "finetuned:toy"] and "tfidf+logreg" in names
