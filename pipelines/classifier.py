@@ -20,7 +20,12 @@ class Prepared:
 
 
 class Classifier:
-    """One shared encoder pass feeds every head."""
+    """One shared encoder pass feeds every head.
+
+    Heads are keyed by their reference as configured (a committed head's name or a directory), so
+    that two heads whose directories share a base name stay apart; results are keyed by task name
+    (`task_name`: the name, or the directory's base name).
+    """
 
     name: str
     instances: int
@@ -46,12 +51,8 @@ class Classifier:
     def load(cls, encoder: Encoder, head_names: list[str]) -> Classifier:
         heads: dict[str, Head] = {}
         versions: dict[str, str] = {}
-        for name in head_names:
-            directory = resolve_head_dir(name)
-            head, version = load_head(directory)
-            task = task_name(name)
-            heads[task] = head
-            versions[task] = version
+        for ref in dict.fromkeys(head_names):
+            heads[ref], versions[ref] = load_head(resolve_head_dir(ref))
         return cls(encoder, heads, versions)
 
     @property
@@ -60,8 +61,8 @@ class Classifier:
 
     def version(self, tasks: list[str] | None = None) -> str:
         """A content hash of the encoder weights and the heads used: in every output and cache key."""
-        tasks = sorted(tasks or self.heads)
-        parts = [self.encoder.version] + [f"{t}={self._versions[t]}" for t in tasks]
+        refs = sorted(self._refs(tasks))
+        parts = [self.encoder.version] + [f"{r}={self._versions[r]}" for r in refs]
         return hashlib.sha256("|".join(parts).encode()).hexdigest()[:12]
 
     def predict(self, texts: list[str], tasks: list[str] | None = None) -> list[Prediction]:
@@ -83,22 +84,32 @@ class Classifier:
         return Prepared(list(texts), self.encoder.windows(texts))
 
     def _check(self, tasks: list[str] | None) -> None:
-        unknown = [t for t in tasks or [] if t not in self.heads]
+        self._refs(tasks)
+
+    def _refs(self, heads: list[str] | None) -> list[str]:
+        """The loaded heads asked for: by reference, or by task name when one head has it."""
+        if not heads:
+            return list(self.heads)
+        by_task: dict[str, list[str]] = {}
+        for ref in self.heads:
+            by_task.setdefault(task_name(ref), []).append(ref)
+        refs = [h if h in self.heads else (by_task.get(h) or [None, None])[0] for h in heads]
+        unknown = [h for h, r in zip(heads, refs) if r is None or (h not in self.heads and len(by_task[h]) > 1)]
         if unknown:
             raise KeyError(f"unknown heads {unknown}; loaded: {sorted(self.heads)}")
+        return [r for r in refs if r is not None]
 
     def run(self, prepared: Prepared, tasks: list[str] | None = None) -> list[Prediction]:
         """The encoder pass and every head, on prepared texts."""
-        self._check(tasks)
-        tasks = tasks or list(self.heads)
+        refs = self._refs(tasks)
         texts = prepared.texts
         if not texts:
             return []
         encoded = self.encoder.encode_windows(prepared.windows, self.layers)
         out = [Prediction({}, truncated) for truncated in encoded.truncated]
         with torch.inference_mode():
-            for task in tasks:
-                head = self.heads[task]
+            for ref in refs:
+                head, task = self.heads[ref], task_name(ref)
                 probs = torch.softmax(head.predict_features(encoded.features, texts), dim=1)
                 best = probs.argmax(dim=1)
                 labels = head.spec.labels

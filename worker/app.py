@@ -112,6 +112,9 @@ class WorkerApp:
         kafka = KafkaConnection.from_settings(settings)
         self.app = App(
             settings.group_id,
+            # Faust reads unprefixed env vars (WEB_BIND, PRODUCER_ACKS, BROKER_URL, ...) over these
+            # kwargs; an empty environment keeps BERTSTREAM_* the only source of settings.
+            env={},
             broker=kafka.faust_broker(),
             broker_credentials=kafka.faust_credentials(),
             broker_session_timeout=settings.session_timeout_s,

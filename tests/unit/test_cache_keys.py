@@ -47,6 +47,17 @@ def test_key_handles_any_unicode() -> None:
         ("rediss://user:pw123@cache.example:6380/1", "pw123", "rediss://user:***@cache.example:6380/1"),
         ("connect to redis://default:s3cr%40t@h:1/2 failed", "s3cr%40t", "connect to redis://default:***@h:1/2 failed"),
         ("sasl_ssl://alice:hunter2@broker:9093", "hunter2", "sasl_ssl://alice:***@broker:9093"),
+        # A raw '@' in the password: everything up to the last '@' of the authority is hidden.
+        ("redis://:p@ss@w0rd@h:6379/0", "ss@w0rd", "redis://:***@h:6379/0"),
+        ("redis://u:a@b@h:6379/0 and rediss://:x@y@k:1", "b@h", "redis://u:***@h:6379/0 and rediss://:***@k:1"),
+        # Passwords in the query string (redis-py reads ?password=).
+        ("redis://h:6379/0?password=pw123", "pw123", "redis://h:6379/0?password=***"),
+        ("unix:///run/redis.sock?db=0&password=pw123&x=1", "pw123", "unix:///run/redis.sock?db=0&password=***&x=1"),
+        (
+            "rediss://h:1/0?ssl_ca_certs=/ca.pem&Password=pw123",
+            "pw123",
+            "rediss://h:1/0?ssl_ca_certs=/ca.pem&Password=***",
+        ),
     ],
 )
 def test_redact_hides_url_passwords(text: str, secret: str, kept: str) -> None:

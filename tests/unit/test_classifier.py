@@ -20,7 +20,7 @@ from transformers import AutoTokenizer, BertConfig, BertModel
 from pipelines.classifier import Classifier, Prediction
 from pipelines.encoder import Encoder, EncoderSettings
 from pipelines.heads import CONFIG, WEIGHTS, Head, HeadSpec, load_head, save_head
-from pipelines.registry import ModelNotFoundError
+from pipelines.registry import ModelNotFoundError, task_name
 
 HIDDEN = 32
 LABELS = {"sentiment": ["negative", "neutral", "positive"], "spam": ["ham", "spam"], "topic": ["a", "b", "c", "d"]}
@@ -310,7 +310,7 @@ def test_version_changes_when_a_head_changes(bert, tokenizer, tmp_path: Path) ->
     save_head(make_head("spam", 12), spam_dir)
     save_head(make_head("sentiment", 13), sentiment_dir)
     first = Classifier.load(encoder, [str(spam_dir), str(sentiment_dir)])
-    assert set(first.heads) == {"spam", "sentiment"}
+    assert {task_name(ref) for ref in first.heads} == {"spam", "sentiment"}  # keyed by reference, answering as tasks
     v_all, v_spam, v_sentiment = first.version(), first.version(["spam"]), first.version(["sentiment"])
     assert len({v_all, v_spam, v_sentiment}) == 3  # the task set is part of the version
     assert first.version(["sentiment", "spam"]) == first.version(["spam", "sentiment"]) == v_all

@@ -186,3 +186,68 @@ def test_invalid_pipeline_table(tmp_path: Path, body: str, expect: str) -> None:
     message = str(info.value)
     assert "'bad'" in message and expect in message
     assert "\n" not in message
+
+
+@pytest.mark.parametrize(
+    ("var", "value"),
+    [
+        ("BERTSTREAM_LOG_LEVEL", "verbose"),
+        ("BERTSTREAM_DEVICE", "gpu"),
+        ("BERTSTREAM_DEVICE", "cuda:x"),
+        ("BERTSTREAM_PRECISION", "fp64"),
+        ("BERTSTREAM_KAFKA_SASL_MECHANISM", "KERBEROS"),
+        ("BERTSTREAM_KAFKA_BROKERS", "SASL_SSL://b:9093"),
+        ("BERTSTREAM_KAFKA_BROKERS", "http://b:9093"),
+        ("BERTSTREAM_KAFKA_BROKERS", "b:port"),
+        ("BERTSTREAM_KAFKA_BROKERS", "b:99999"),
+        ("BERTSTREAM_KAFKA_BROKERS", ":9092"),
+    ],
+)
+def test_settings_that_crashed_later_fail_at_load(clean_env: pytest.MonkeyPatch, var: str, value: str) -> None:
+    """Each of these once passed validation and ended in a traceback after start-up began."""
+    test_bad_value_is_one_line_naming_the_var(clean_env, var, value)
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("kafka://h1:9092", "h1:9092"),
+        ("kafka://h1:9092;kafka://h2:9093", "h1:9092,h2:9093"),
+        ("h1:9092;h2:9093", "h1:9092,h2:9093"),
+        (" h1:9092 , h2:9093 ", "h1:9092,h2:9093"),
+        ("[::1]:9092", "[::1]:9092"),
+    ],
+)
+def test_broker_lists_in_the_forms_users_write(clean_env: pytest.MonkeyPatch, value: str, expected: str) -> None:
+    clean_env.setenv("BERTSTREAM_KAFKA_BROKERS", value)
+    assert load_settings().kafka_brokers == expected
+
+
+def test_log_level_is_case_insensitive(clean_env: pytest.MonkeyPatch) -> None:
+    clean_env.setenv("BERTSTREAM_LOG_LEVEL", "debug")
+    assert load_settings().log_level == "DEBUG"
+
+
+def test_sasl_needs_a_sasl_protocol(clean_env: pytest.MonkeyPatch) -> None:
+    """With PLAINTEXT the start-up check would connect without SASL while Faust used SASL_PLAINTEXT."""
+    clean_env.setenv("BERTSTREAM_KAFKA_SASL_MECHANISM", "PLAIN")
+    with pytest.raises(ConfigError) as info:
+        load_settings()
+    message = str(info.value)
+    assert "\n" not in message and "BERTSTREAM_KAFKA_SECURITY_PROTOCOL" in message and "SASL_PLAINTEXT" in message
+    clean_env.setenv("BERTSTREAM_KAFKA_SECURITY_PROTOCOL", "SASL_SSL")
+    assert load_settings().kafka_sasl_mechanism == "PLAIN"
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="this host has CUDA")
+@pytest.mark.parametrize("device", ["cuda", "cuda:1"])
+def test_cuda_without_cuda_stops_before_anything_heavy(clean_env: pytest.MonkeyPatch, device: str) -> None:
+    from worker.errors import StartupError
+    from worker.startup import check_device
+
+    clean_env.setenv("BERTSTREAM_DEVICE", device)
+    with pytest.raises(StartupError) as info:
+        check_device(load_settings())
+    assert "\n" not in str(info.value) and "BERTSTREAM_DEVICE" in str(info.value)
+    check_device(load_settings(device="cpu"))
+    check_device(load_settings(device="auto"))

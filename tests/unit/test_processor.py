@@ -130,3 +130,37 @@ def test_the_streaming_path_needs_no_torch() -> None:
         [sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=120, check=True
     )
     assert result.stdout.strip().splitlines()[-1] == "False"  # the last line; the log comes before it
+
+
+def test_a_poison_field_dead_letters_its_event_alone() -> None:
+    """A lone surrogate anywhere (id, metadata key or value, nested) fails at decode, not later
+    in the output encoding or the Redis key, where it took the whole batch down."""
+    poison = [
+        b'{"text": "hello there", "id": "\\ud800"}',
+        b'{"text": "hello there", "metadata": {"k": "\\udfff"}}',
+        b'{"text": "hello there", "metadata": {"\\ud83d": 1}}',
+        b'{"text": "hello there", "metadata": {"a": [1, {"b": "x\\ud800y"}]}}',
+    ]
+    for bad in poison:
+        model = FakeModel()
+        values = [event(f"good {i}") for i in range(5)]
+        values.insert(2, bad)
+        out = process(values, model, ModelPool(1))
+        docs = [json.loads(o.value) for o in out]
+        assert [o.dead_letter for o in out] == [False, False, True, False, False, False], bad
+        assert docs[2]["error"] == "invalid_unicode" and docs[2]["raw"].encode() == bad
+        assert [d["id"] for i, d in enumerate(docs) if i != 2] == [f"in:0:{i}" for i in (0, 1, 3, 4, 5)]
+
+
+class MalformedModel(FakeModel):
+    """Answers "x" instead of a result for texts that contain "odd"."""
+
+    def run(self, prepared: list[str], tasks: list[str] | None = None) -> list[Prediction]:
+        out = super().run(prepared, tasks)
+        return [Prediction({"spam": "x"}, False) if "odd" in t else p for t, p in zip(prepared, out)]
+
+
+def test_a_failure_while_building_one_output_spares_the_others() -> None:
+    out = process([event("one"), event("odd one"), event("three")], MalformedModel(), ModelPool(1))
+    assert [o.dead_letter for o in out] == [False, True, False]
+    assert json.loads(out[1].value)["error"] == "internal_error"

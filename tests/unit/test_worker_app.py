@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from pipelines.classifier import Classifier
@@ -63,3 +65,56 @@ def test_model_instances_size_the_model_pool_and_the_batches_in_flight(
     pools = [app.pool.free[p.pipeline.name] for p in app.processors]
     assert len(pools) == len(pipelines) >= 2 and len({id(pool) for pool in pools}) == len(pools)
     assert all(pool._value == 3 for pool in pools)
+
+
+def test_faust_env_vars_cannot_override_the_worker_settings(
+    classifier: Classifier, pipelines: list[Pipeline], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Faust reads unprefixed env vars (WEB_BIND, PRODUCER_ACKS, BROKER_URL, ...) over its kwargs;
+    the worker's effective settings come from BERTSTREAM_* alone."""
+    for name, value in {
+        "WEB_BIND": "0.0.0.0",
+        "WEB_HOST": "0.0.0.0",
+        "WEB_PORT": "tcp://10.0.0.1:80",  # Kubernetes' service link for a Service named "web"
+        "PRODUCER_ACKS": "1",
+        "STREAM_WAIT_EMPTY": "false",
+        "BROKER_URL": "amqp://guest@rabbit//",  # Celery's
+        "BROKER_SESSION_TIMEOUT": "99",
+        "APP_ENV_PREFIX": "",
+    }.items():
+        monkeypatch.setenv(name, value)
+    settings = load_settings(web_port=7070, kafka_brokers="k1:9092;k2:9093")
+    conf = WorkerApp(settings, pipelines, classifier).app.conf
+    assert conf.web_bind == "127.0.0.1" and conf.web_host == "127.0.0.1" and conf.web_port == 7070
+    assert conf.producer_acks == -1
+    assert conf.stream_wait_empty is True
+    assert [str(u) for u in conf.broker] == ["kafka://k1:9092", "kafka://k2:9093"]
+    assert conf.broker_session_timeout == settings.session_timeout_s
+
+
+def test_heads_with_the_same_base_name_stay_apart(tmp_path: Path, bert, tokenizer) -> None:
+    """One pipeline's sentiment head and another's /models/x/sentiment: each gets its own labels."""
+    from pipelines.heads import Head, HeadSpec, save_head
+    from tests.unit.test_classifier import HIDDEN
+
+    mood, mail = tmp_path / "a" / "sentiment", tmp_path / "b" / "sentiment"
+    save_head(Head(HeadSpec(name="sentiment", labels=["negative", "neutral", "positive"], input_dim=HIDDEN)), mood)
+    save_head(Head(HeadSpec(name="sentiment", labels=["ham", "spam"], input_dim=HIDDEN)), mail)
+    pipelines = [
+        Pipeline(name="news", input="n.raw", output="n.out", dead_letter="n.dead", heads=[str(mood)]),
+        Pipeline(name="email", input="e.raw", output="e.out", dead_letter="e.dead", heads=[str(mail)]),
+    ]
+    model = Classifier.load(make_encoder(bert, tokenizer), [h for p in pipelines for h in p.heads])
+    app = WorkerApp(load_settings(web_port=0, cache_ttl_s=0), pipelines, model)
+    news, email = app.processors
+    assert news.model_version != email.model_version
+    prepared = model.prepare(["a quiet day"])
+    [news_result] = model.run(prepared, pipelines[0].heads)
+    [email_result] = model.run(prepared, pipelines[1].heads)
+    assert news_result.results["sentiment"]["label"] in {"negative", "neutral", "positive"}
+    assert email_result.results["sentiment"]["label"] in {"ham", "spam"}
+
+
+def test_two_heads_answering_as_one_task_in_a_pipeline_are_refused(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="two heads answer as 'sentiment'"):
+        Pipeline(name="p", input="i", output="o", dead_letter="d", heads=["sentiment", str(tmp_path / "sentiment")])
