@@ -109,6 +109,23 @@ class ResultCache:
             return False
 
 
+def results_match(results: Any, labels: dict[str, list[str]]) -> bool:
+    """Whether cached results have exactly these tasks, each with one of its labels, a score in
+    [0, 1] and a probability for every label: anything else is treated as a miss."""
+    if not isinstance(results, dict) or set(results) != set(labels):
+        return False
+    for task, result in results.items():
+        if not isinstance(result, dict) or result.get("label") not in labels[task]:
+            return False
+        scores = result.get("scores")
+        if not isinstance(scores, dict) or set(scores) != set(labels[task]):
+            return False
+        values = [result.get("score"), *scores.values()]
+        if not all(isinstance(v, int | float) and not isinstance(v, bool) and 0.0 <= v <= 1.0 for v in values):
+            return False
+    return True
+
+
 def _load(value: bytes | None) -> dict[str, Any] | None:
     """A cached result, or None (a miss) when absent or not what this version wrote."""
     if value is None:

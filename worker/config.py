@@ -73,6 +73,7 @@ class Settings(BaseSettings):
     kafka_ssl_certfile: Path | None = None
     kafka_ssl_keyfile: Path | None = None
     kafka_partitions: int = Field(4, ge=1)  # for topics the worker creates
+    kafka_replication_factor: int = -1  # for topics the worker creates; -1: the broker's default
     group_id: str = "bertstream"
     session_timeout_s: float = Field(10.0, gt=0)
     heartbeat_s: float = Field(1.0, gt=0)
@@ -109,6 +110,13 @@ class Settings(BaseSettings):
         if not hosts:
             raise ValueError("give host:port[,host:port...]")
         return ",".join(_broker(h) for h in hosts)
+
+    @field_validator("kafka_replication_factor")
+    @classmethod
+    def _replication(cls, value: int) -> int:
+        if value == 0 or value < -1:
+            raise ValueError("give a factor of 1 or more, or -1 for the broker's default.replication.factor")
+        return value
 
     @field_validator("log_level", mode="before")
     @classmethod

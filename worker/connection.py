@@ -127,8 +127,11 @@ class KafkaConnection:
         return conf
 
 
-def ensure_topics(conn: KafkaConnection, topics: list[str], partitions: int, timeout_s: float = 15.0) -> None:
-    """Create missing topics (existing ones are left as they are)."""
+def ensure_topics(
+    conn: KafkaConnection, topics: list[str], partitions: int, replication_factor: int = -1, timeout_s: float = 15.0
+) -> None:
+    """Create missing topics (existing ones are left as they are); a replication factor of -1 is
+    the broker's default.replication.factor (brokers since Kafka 2.4)."""
     from kafka import KafkaAdminClient
     from kafka.admin import NewTopic
     from kafka.errors import TopicAlreadyExistsError
@@ -139,7 +142,9 @@ def ensure_topics(conn: KafkaConnection, topics: list[str], partitions: int, tim
         missing = [t for t in dict.fromkeys(topics) if t not in existing]
         if missing:
             try:
-                admin.create_topics([NewTopic(t, num_partitions=partitions, replication_factor=1) for t in missing])
+                admin.create_topics(
+                    [NewTopic(t, num_partitions=partitions, replication_factor=replication_factor) for t in missing]
+                )
             except TopicAlreadyExistsError:
                 pass  # another worker of the group created it first
     finally:

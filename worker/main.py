@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import os
+import signal
 from collections.abc import Callable
 from pathlib import Path
 
@@ -80,6 +81,8 @@ def command(
 
 def run(settings: Settings, pipeline_names: list[str]) -> None:
     """Start the worker and serve until SIGTERM; heavy modules are imported here, not at the top."""
+    # SIGHUP reloads the model once the app runs; during the first load it must not kill the process.
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     import faust
     import structlog
 

@@ -13,7 +13,7 @@ import structlog
 
 from pipelines.model import Model
 from worker import metrics
-from worker.cache import ResultCache, cache_key, id_key
+from worker.cache import ResultCache, cache_key, id_key, results_match
 from worker.codec import DecodeError, InputEvent, Source, decode, encode_dead_letter, encode_output
 from worker.config import Pipeline
 from worker.limits import DEFAULT_MAX_EVENT_BYTES, MAX_KEY_BYTES, MAX_MESSAGE_BYTES
@@ -51,6 +51,7 @@ class LoadedModel:
     model: Model
     version: str
     meta: dict[str, str]
+    labels: dict[str, list[str]]  # per task of the pipeline: what a cached result may say
 
 
 class BatchProcessor:
@@ -71,7 +72,8 @@ class BatchProcessor:
     def use(self, model: Model) -> None:
         """Swap the model (hot reload); batches already started finish with the old one."""
         version = model.version(self.pipeline.heads)
-        self.loaded = LoadedModel(model, version, {"name": model.name, "version": version})
+        labels = {task: model.labels[ref] for ref, task in zip(self.pipeline.heads, self.pipeline.tasks)}
+        self.loaded = LoadedModel(model, version, {"name": model.name, "version": version}, labels)
 
     @property
     def model_version(self) -> str:
@@ -201,7 +203,7 @@ class BatchProcessor:
         found: dict[Source, tuple[dict, bool, bool]] = {}
         misses: dict[str, list[InputEvent]] = {}  # one model call per distinct text
         for event, key, hit in zip(events, keys, hits):
-            if hit is not None:
+            if hit is not None and results_match(hit["results"], model.labels):
                 found[event.source] = (hit["results"], hit["truncated"], True)
             else:
                 misses.setdefault(key, []).append(event)

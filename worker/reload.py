@@ -55,22 +55,38 @@ class ModelReloader:
         model.warm_up()
         return model
 
+    def _fingerprint(self) -> Fingerprint | None:
+        """The files' fingerprint now; None while they cannot be read (a head half copied)."""
+        try:
+            return fingerprint(self._directories())
+        except Exception as exc:  # noqa: BLE001 - missing or vanishing files must not stop the worker
+            log.warning("model_files_unreadable", error=f"{type(exc).__name__}: {exc}", effect="keeping the old model")
+            return None
+
+    def _failed(self, reason: str, error: str) -> bool:
+        metrics.MODEL_RELOADS.labels("failed").inc()
+        log.error("model_reload_failed", reason=reason, error=error, effect="keeping the old model")
+        return False
+
     async def reload(self, reason: str) -> bool:
+        """Load and warm a new model off the event loop, then swap it in. The files are read
+        before and after the load: if they changed meanwhile, the load is dropped (it may mix
+        old and new files), and the next check loads them again."""
         async with self._lock:
             log.info("model_reloading", reason=reason)
+            before = self._fingerprint()
+            if before is None:
+                return self._failed(reason, "the model files cannot be read")
             loop = asyncio.get_running_loop()
             try:
                 new = await loop.run_in_executor(self._executor, self._load_warm)
             except Exception as exc:  # noqa: BLE001 - a bad new model must not take the worker down
-                metrics.MODEL_RELOADS.labels("failed").inc()
-                log.error(
-                    "model_reload_failed",
-                    reason=reason,
-                    error=f"{type(exc).__name__}: {exc}",
-                    effect="keeping the old model",
+                return self._failed(reason, f"{type(exc).__name__}: {exc}")
+            if self._fingerprint() != before:
+                return self._failed(
+                    reason, "the model files changed while loading; loading them again at the next check"
                 )
-                return False
-            self._seen = fingerprint(self._directories())
+            self._seen = before
             self._apply(new)
             self.reloads += 1
             metrics.MODEL_RELOADS.labels("ok").inc()
@@ -78,6 +94,7 @@ class ModelReloader:
             return True
 
     async def check_files(self) -> None:
-        """Reload when a file of the model or the heads changed since the last load."""
-        if fingerprint(self._directories()) != self._seen:
+        """Reload when a file of the model or the heads changed since the last good load."""
+        current = self._fingerprint()
+        if current is not None and current != self._seen:
             await self.reload("files changed")

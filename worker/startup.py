@@ -41,7 +41,9 @@ def check_broker(settings: Settings, topics: list[str], timeout_s: float = 15.0)
     conn = KafkaConnection.from_settings(settings)
     try:
         with _quiet("kafka"):
-            ensure_topics(conn, topics, settings.kafka_partitions, timeout_s=timeout_s)
+            ensure_topics(
+                conn, topics, settings.kafka_partitions, settings.kafka_replication_factor, timeout_s=timeout_s
+            )
     except (KafkaError, OSError, ValueError) as exc:
         raise ServiceUnavailable(
             _tls_problem(conn)

@@ -6,11 +6,13 @@ import json
 import shutil
 import signal
 import threading
+import time
 import urllib.request
 from pathlib import Path
 
 import pytest
 
+from bertstream.devservices.worker_process import wait_ready
 from pipelines.registry import resolve_head_dir
 from tests.faults import scenarios
 from tests.faults.harness import FaultRun, wait_until
@@ -90,3 +92,17 @@ def test_reload_on_file_change_and_sighup_with_events_in_flight(
         assert f'pipeline="{run.pipeline}"' in metrics
         assert "bertstream_model_info{" in metrics
         assert worker.alive()
+
+
+def test_sighup_during_the_first_model_load_is_harmless(kafka_bootstrap: str, redis_url: str, tmp_path: Path) -> None:
+    """A SIGHUP before the reload handler exists (while the model loads) used to end the process."""
+    run = FaultRun(kafka_bootstrap, redis_url, tmp_path, prefix="hup")
+    try:
+        worker = run.start_worker(wait=False)
+        time.sleep(1.0)  # importing and loading take several seconds more
+        assert worker.proc.poll() is None
+        run.kill(worker, signal.SIGHUP)
+        wait_ready(worker.proc, worker.port, worker.log, timeout_s=300)
+        assert json.loads(_get(worker.port, "/readyz")[1])["ready"] is True
+    finally:
+        run.stop_all()

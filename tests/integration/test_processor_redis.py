@@ -23,7 +23,7 @@ from transformers import AutoTokenizer, BertConfig, BertModel
 from pipelines.classifier import Classifier
 from pipelines.encoder import Encoder, EncoderSettings
 from pipelines.heads import Head, HeadSpec
-from worker.cache import KEY_PREFIX, ResultCache
+from worker.cache import KEY_PREFIX, ResultCache, cache_key
 from worker.codec import Source, raw_bytes
 from worker.config import Pipeline, Route
 from worker.model_pool import ModelPool
@@ -389,3 +389,36 @@ def test_idle_model_instances_share_a_batch_busy_ones_do_not(redis_url, encoder,
         for task in LABELS:
             assert doc["results"][task]["label"] == expected.results[task]["label"]
             assert doc["results"][task]["score"] == pytest.approx(expected.results[task]["score"], abs=1e-4)
+
+
+def test_forged_cache_values_are_misses(redis_url, classifier, pipeline, pool, cleanup) -> None:
+    """Whoever can write to the cache's Redis must not decide labels or routes: a cached value is
+    served only when it has every task of the pipeline with one of its head's labels."""
+    good_sentiment = {"label": "neutral", "score": 0.5, "scores": {"negative": 0.2, "neutral": 0.5, "positive": 0.3}}
+    forged = [
+        {"spam": {"label": "spam"}, "sentiment": good_sentiment},  # no score: routed to the spam topic before
+        {"spam": "x", "sentiment": good_sentiment},  # made route_for raise: a whole batch of internal_error
+        {"spam": {"label": "phishing", "score": 0.9, "scores": {"ham": 0.1, "spam": 0.9}}, "sentiment": good_sentiment},
+        {"spam": {"label": "spam", "score": 2.0, "scores": {"ham": 0.1, "spam": 0.9}}, "sentiment": good_sentiment},
+        {"spam": {"label": "spam", "score": 0.9, "scores": {"spam": 0.9}}, "sentiment": good_sentiment},
+        {"spam": {"label": "spam", "score": 0.9, "scores": {"ham": 0.1, "spam": 0.9}}},  # a task missing
+    ]
+    texts = [f"{TEXTS[2]} (forged {i})" for i in range(len(forged))]
+
+    async def scenario() -> list[Outgoing]:
+        client = aioredis.from_url(redis_url)
+        try:
+            processor = BatchProcessor(pipeline, classifier, ResultCache(client, TTL_S), pool)
+            for text, results in zip(texts, forged):
+                key = cache_key(processor.model_version, pipeline.tasks, text)
+                await client.set(key, json.dumps({"results": results, "truncated": False}), ex=TTL_S)
+            return await processor.process(records(pipeline, events(texts)))
+        finally:
+            await client.aclose()
+
+    out = asyncio.run(scenario())
+    docs = outputs(out)
+    assert [d["cached"] for d in docs] == [False] * len(forged)
+    for message, doc in zip(out, docs):
+        check_output(pipeline, message, doc)
+    assert sorted(classifier.calls[0]) == sorted(texts)  # all went to the model

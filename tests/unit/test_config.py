@@ -251,3 +251,11 @@ def test_cuda_without_cuda_stops_before_anything_heavy(clean_env: pytest.MonkeyP
     assert "\n" not in str(info.value) and "BERTSTREAM_DEVICE" in str(info.value)
     check_device(load_settings(device="cpu"))
     check_device(load_settings(device="auto"))
+
+
+def test_replication_factor_defaults_to_the_brokers_own(clean_env: pytest.MonkeyPatch) -> None:
+    """Created topics used a hard-coded factor of 1: every send fails where min.insync.replicas is 2."""
+    assert load_settings().kafka_replication_factor == -1  # -1: the broker's default.replication.factor
+    clean_env.setenv("BERTSTREAM_KAFKA_REPLICATION_FACTOR", "3")
+    assert load_settings().kafka_replication_factor == 3
+    test_bad_value_is_one_line_naming_the_var(clean_env, "BERTSTREAM_KAFKA_REPLICATION_FACTOR", "0")
