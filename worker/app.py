@@ -71,6 +71,17 @@ def logging_flush() -> None:
             pass
 
 
+async def _outcome(handed: Any) -> BaseException | None:
+    """None once a handed-over message is delivered, else why it was not."""
+    if isinstance(handed, BaseException):
+        return handed
+    try:
+        await handed
+    except Exception as exc:  # noqa: BLE001 - any delivery failure: sent again
+        return exc
+    return None
+
+
 def _on_redis_degraded(degraded: bool, reason: str) -> None:
     metrics.REDIS_DEGRADED.set(1 if degraded else 0)
     if degraded:
@@ -262,8 +273,9 @@ class WorkerApp:
                 classified()
             if previous is not None:
                 await previous.wait()
-            futures = await self._enqueue(outgoing)
-            await self._confirm(name, outgoing, futures)
+            to_send = [o for o in outgoing if o is not None]  # None: delivered before a redelivery
+            await self._deliver(name, to_send)
+            await processor.settle(to_send)
         finally:
             delivered.set()
         # Ack only after every output of the batch is confirmed by the broker.
@@ -278,34 +290,41 @@ class WorkerApp:
                 metrics.E2E_SECONDS.labels(name).observe(max(0.0, now_ms - record.timestamp_ms) / 1000)
         metrics.BATCH_SECONDS.labels(name).observe(time.perf_counter() - started)
 
-    async def _enqueue(self, outgoing: list[Outgoing]) -> list[Any]:
-        """Hand the batch to the producer (pipelined, in order); futures resolve on delivery."""
-        try:
-            return [
-                await self.app.producer.send(o.topic, o.key, o.value, partition=None, timestamp=None, headers=None)
-                for o in outgoing
-            ]
-        except Exception as exc:  # noqa: BLE001 - _confirm retries the whole batch
-            log.warning("enqueue_failed", error=f"{type(exc).__name__}: {exc}")
-            return []
+    async def _send(self, message: Outgoing) -> Any:
+        """Hand one message to the producer; the returned future resolves on delivery."""
+        return await self.app.producer.send(
+            message.topic, message.key, message.value, partition=None, timestamp=None, headers=None
+        )
 
-    async def _confirm(self, pipeline: str, outgoing: list[Outgoing], futures: list[Any]) -> None:
-        """Wait for every delivery; on any failure send the batch again. Nothing is acked before this returns."""
-        while True:
-            try:
-                if len(futures) != len(outgoing):
-                    raise RuntimeError("the batch was not fully handed to the producer")
-                await asyncio.gather(*futures)
-                break
-            except Exception as exc:  # noqa: BLE001 - any delivery failure: never ack, retry
+    async def _deliver(self, pipeline: str, outgoing: list[Outgoing]) -> None:
+        """Produce the batch (pipelined, in order) and wait until the broker confirmed every
+        message; the ones that failed, and only those, are sent again. Nothing is acked before
+        this returns."""
+        pending = outgoing
+        while pending:
+            handed: list[Any] = []
+            for message in pending:
+                try:
+                    handed.append(await self._send(message))
+                except Exception as exc:  # noqa: BLE001 - not handed over: sent again below
+                    handed.append(exc)
+            results = await asyncio.gather(*(_outcome(h) for h in handed))
+            for message, error in zip(pending, results):
+                if error is None and not message.dead_letter:
+                    metrics.EVENTS_OUT.labels(pipeline, message.topic).inc()
+            failed = [(m, e) for m, e in zip(pending, results) if e is not None]
+            if failed:
+                error = failed[0][1]
                 log.warning(
-                    "delivery_failed", pipeline=pipeline, error=f"{type(exc).__name__}: {exc}", retry_in_s=SEND_RETRY_S
+                    "delivery_failed",
+                    pipeline=pipeline,
+                    failed=len(failed),
+                    of=len(pending),
+                    error=f"{type(error).__name__}: {error}",
+                    retry_in_s=SEND_RETRY_S,
                 )
                 await asyncio.sleep(SEND_RETRY_S)
-                futures = await self._enqueue(outgoing)
-        for o in outgoing:
-            if not o.dead_letter:
-                metrics.EVENTS_OUT.labels(pipeline, o.topic).inc()
+            pending = [m for m, _ in failed]
 
     def _add_views(self) -> None:
         @self.app.page("/healthz")

@@ -1,4 +1,5 @@
-"""The Redis result cache: key = model version (encoder + heads) + text hash, with a TTL.
+"""The worker's Redis: the result cache (key = model version + heads + text hash, with a TTL) and
+the delivery journal of event ids.
 
 Redis being down never stops the stream: lookups miss, writes are skipped, and the cache
 reports itself degraded until a call succeeds again (redis-py reconnects by itself).
@@ -16,20 +17,39 @@ from redis.exceptions import RedisError
 
 KEY_PREFIX = "bertstream:v1"
 
-# Claim event ids for their first source record: SET NX, else the source that holds the id.
-# One round trip per batch, atomic per id; returns, per key, the source that owns the id.
-_CLAIM_IDS = """
+# The delivery journal: per event id, "source|state" with state claimed or delivered. One round
+# trip per batch, atomic per id: a new id is claimed for its source record (topic:partition:offset);
+# per key, the entry that holds the id is returned.
+_JOURNAL_BEGIN = """
 local out = {}
 for i, key in ipairs(KEYS) do
-  local mine = ARGV[i + 1]
-  if redis.call('SET', key, mine, 'NX', 'EX', ARGV[1]) then
-    out[i] = mine
-  else
-    out[i] = redis.call('GET', key) or mine
+  local entry = redis.call('GET', key)
+  if not entry then
+    entry = ARGV[i + 1] .. '|claimed'
+    redis.call('SET', key, entry, 'EX', ARGV[1])
   end
+  out[i] = entry
 end
 return out
 """
+
+# Settle ids of this source only: delivered (kept for the TTL) or released (deleted).
+_JOURNAL_SETTLE = """
+local n = #KEYS
+for i, key in ipairs(KEYS) do
+  local source = ARGV[1 + i]
+  local entry = redis.call('GET', key)
+  if entry and (entry == source or string.sub(entry, 1, #source + 1) == source .. '|') then
+    if ARGV[1 + n + i] == '1' then
+      redis.call('SET', key, source .. '|delivered', 'EX', ARGV[1])
+    else
+      redis.call('DEL', key)
+    end
+  end
+end
+return n
+"""
+DELIVERED = "delivered"
 
 
 def id_key(pipeline: str, topic: str, event_id: str) -> str:
@@ -87,18 +107,32 @@ class ResultCache:
             return
         self._set_degraded(False)
 
-    async def claim_ids(self, keys: list[str], owners: list[str]) -> list[str | None]:
-        """For each id key, the source (topic:partition:offset) that first claimed it, this one if
-        none did; None for all while Redis is down (duplicates then go through: fail open)."""
+    async def journal_begin(self, keys: list[str], sources: list[str]) -> list[tuple[str, str] | None]:
+        """(source, state) that holds each id, claiming the new ones for `sources`; None for all
+        while Redis is down (fail open: at-least-once, duplicates go through)."""
         if not self.enabled or not keys:
             return [None] * len(keys)
         try:
-            found = await self.client.eval(_CLAIM_IDS, len(keys), *keys, self.ttl_s, *owners)
+            found = await self.client.eval(_JOURNAL_BEGIN, len(keys), *keys, self.ttl_s, *sources)
         except (RedisError, OSError) as exc:
             self._set_degraded(True, f"{type(exc).__name__}: {exc}")
             return [None] * len(keys)
         self._set_degraded(False)
-        return [v.decode("utf-8") if isinstance(v, bytes) else v for v in found]
+        entries = [v.decode("utf-8") if isinstance(v, bytes) else str(v) for v in found]
+        return [(e.rpartition("|")[0], e.rpartition("|")[2]) if "|" in e else (e, "claimed") for e in entries]
+
+    async def journal_settle(self, entries: list[tuple[str, str, bool]]) -> None:
+        """(key, source, delivered) per id: delivered ids are kept, the others released."""
+        if not self.enabled or not entries:
+            return
+        keys = [key for key, _, _ in entries]
+        args = [source for _, source, _ in entries] + ["1" if ok else "0" for _, _, ok in entries]
+        try:
+            await self.client.eval(_JOURNAL_SETTLE, len(keys), *keys, self.ttl_s, *args)
+        except (RedisError, OSError) as exc:
+            self._set_degraded(True, f"{type(exc).__name__}: {exc}")
+            return
+        self._set_degraded(False)
 
     async def ping(self) -> bool:
         if self.client is None:

@@ -7,6 +7,11 @@ from prometheus_client import Counter, Gauge, Histogram, Info
 EVENTS_IN = Counter("bertstream_events_in_total", "Input events read", ["pipeline"])
 EVENTS_OUT = Counter("bertstream_events_out_total", "Enriched events delivered", ["pipeline", "topic"])
 DEAD_LETTERS = Counter("bertstream_dead_letters_total", "Events sent to the dead-letter topic", ["pipeline", "error"])
+REDELIVERED = Counter(
+    "bertstream_redelivered_skipped_total",
+    "Redelivered records whose outputs were already delivered (not produced again)",
+    ["pipeline"],
+)
 CACHE_HITS = Counter("bertstream_cache_hits_total", "Results served from the Redis cache", ["pipeline"])
 CACHE_MISSES = Counter("bertstream_cache_misses_total", "Results computed by the model", ["pipeline"])
 REDIS_DEGRADED = Gauge("bertstream_redis_degraded", "1 while Redis is unreachable and the cache is bypassed")

@@ -7,13 +7,13 @@ in input order, so that the caller can keep per-key order when it produces them.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import structlog
 
 from pipelines.model import Model
 from worker import metrics
-from worker.cache import ResultCache, cache_key, id_key, results_match
+from worker.cache import DELIVERED, ResultCache, cache_key, id_key, results_match
 from worker.codec import DecodeError, InputEvent, Source, decode, encode_dead_letter, encode_output
 from worker.config import Pipeline
 from worker.limits import DEFAULT_MAX_EVENT_BYTES, MAX_KEY_BYTES, MAX_MESSAGE_BYTES
@@ -42,6 +42,7 @@ class Outgoing:
     key: bytes | None
     value: bytes
     dead_letter: bool = False
+    journal: tuple[str, str] | None = None  # (journal key, source) of the event id this answers
 
 
 @dataclass(frozen=True)
@@ -79,9 +80,10 @@ class BatchProcessor:
     def model_version(self) -> str:
         return self.loaded.version
 
-    async def process(self, records: list[Record]) -> list[Outgoing]:
-        """One Outgoing per record, in input order: an output or a dead letter. Never raises:
-        an unexpected failure dead-letters the batch as internal_error (raw bytes kept)."""
+    async def process(self, records: list[Record]) -> list[Outgoing | None]:
+        """One entry per record, in input order: an output, a dead letter, or None for a record
+        whose output was already delivered. Never raises: an unexpected failure dead-letters the
+        batch as internal_error (raw bytes kept)."""
         name = self.pipeline.name
         metrics.EVENTS_IN.labels(name).inc(len(records))
         metrics.BATCH_SIZE.labels(name).observe(len(records))
@@ -98,10 +100,10 @@ class BatchProcessor:
         value = encode_dead_letter(code, detail, record.source, record.raw)
         return Outgoing(self.pipeline.dead_letter, key, value, dead_letter=True)
 
-    async def _process(self, records: list[Record]) -> list[Outgoing]:
+    async def _process(self, records: list[Record]) -> list[Outgoing | None]:
         name = self.pipeline.name
         model = self.loaded
-        slots: list[Outgoing | InputEvent] = []
+        slots: list[Outgoing | InputEvent | None] = []
         for record in records:
             try:
                 slots.append(decode(record.raw, record.source, self.max_event_bytes))
@@ -109,25 +111,32 @@ class BatchProcessor:
                 log.warning("dead_letter", pipeline=name, error=err.code, detail=err.detail, **record.source.__dict__)
                 slots.append(self._dead_letter(err.code, err.detail, record))
         by_source = {r.source: r for r in records}
-        slots = await self._drop_duplicate_ids(slots, by_source)
+        slots, claims = await self._journal(slots, by_source)
         events = [s for s in slots if isinstance(s, InputEvent)]
         found = await self._results(events, model)
-        out: list[Outgoing] = []
+        out: list[Outgoing | None] = []
         now_ms = time.time() * 1000
         for slot in slots:
-            if isinstance(slot, Outgoing):
+            if not isinstance(slot, InputEvent):
                 out.append(slot)
                 continue
             record = by_source[slot.source]
             try:
-                out.append(self._output(slot, record, found.get(slot.source), model, now_ms))
+                output = self._output(slot, record, found.get(slot.source), model, now_ms)
+                out.append(replace(output, journal=claims.get(slot.source)))
             except Exception as exc:  # one event's failure must not dead-letter the others
                 log.exception(
                     "event_failed", pipeline=name, error=f"{type(exc).__name__}: {exc}", **slot.source.__dict__
                 )
                 detail = f"the worker failed on this event ({type(exc).__name__}); see the worker log"
-                out.append(self._dead_letter(INTERNAL_ERROR, detail, record))
+                out.append(replace(self._dead_letter(INTERNAL_ERROR, detail, record), journal=claims.get(slot.source)))
         return out
+
+    async def settle(self, delivered: list[Outgoing | None]) -> None:
+        """Once the broker confirmed the batch: its outputs' ids are journaled as delivered, and
+        the ids of its dead letters are released (the event may be replayed)."""
+        settled = [o for o in delivered if o is not None and o.journal is not None]
+        await self.cache.journal_settle([(*o.journal, not o.dead_letter) for o in settled])
 
     def _output(
         self,
@@ -157,41 +166,47 @@ class BatchProcessor:
             return self._dead_letter(OUTPUT_TOO_LARGE, detail, record)
         return Outgoing(self.pipeline.route_for(results), key, value)
 
-    async def _drop_duplicate_ids(
-        self, slots: list[Outgoing | InputEvent], by_source: dict[Source, Record]
-    ) -> list[Outgoing | InputEvent]:
-        """An explicit id already claimed by another source record is a duplicate_id dead letter.
+    async def _journal(
+        self, slots: list[Outgoing | InputEvent | None], by_source: dict[Source, Record]
+    ) -> tuple[list[Outgoing | InputEvent | None], dict[Source, tuple[str, str]]]:
+        """Look up each event id in the delivery journal (Redis, TTL = the cache TTL), claiming the
+        new ones for their source record (topic:partition:offset):
 
-        The claim (Redis SET NX, TTL = the cache TTL) stores the source record that first carried
-        the id, so a redelivery of that same record (at-least-once) is not a duplicate: it gets
-        the same output again. Derived ids (topic:partition:offset) cannot collide and are not
-        claimed. While Redis is down nothing is claimed: duplicates go through as outputs.
+        - claimed by this record (new, or a redelivery that was not confirmed): classify it;
+        - delivered by this record (a redelivery after a crash before the commit): None, nothing
+          to produce, so duplicates after a crash are bounded by the batches in flight;
+        - held by another record: a duplicate_id dead letter.
+
+        While Redis is down nothing is journaled: at-least-once, duplicates go through.
         """
-        claims = [s for s in slots if isinstance(s, InputEvent) and s.id != s.source.derived_id()]
-        if not claims:
-            return slots
-        keys = [id_key(self.pipeline.name, c.source.topic, c.id) for c in claims]
-        owners = await self.cache.claim_ids(keys, [c.source.derived_id() for c in claims])
-        duplicates = {
-            c.source: owner for c, owner in zip(claims, owners) if owner is not None and owner != c.source.derived_id()
-        }
-        if not duplicates:
-            return slots
-        out: list[Outgoing | InputEvent] = []
-        for slot in slots:
-            if isinstance(slot, InputEvent) and slot.source in duplicates:
-                detail = f"id {slot.id[:80]!r} was first used by record {duplicates[slot.source]}"
+        events = [s for s in slots if isinstance(s, InputEvent)]
+        if not events:
+            return slots, {}
+        keys = [id_key(self.pipeline.name, e.source.topic, e.id) for e in events]
+        mine = [e.source.derived_id() for e in events]
+        entries = await self.cache.journal_begin(keys, mine)
+        outcome: dict[Source, Outgoing | None] = {}
+        claims: dict[Source, tuple[str, str]] = {}
+        for event, key, source, entry in zip(events, keys, mine, entries):
+            if entry is None:
+                continue
+            owner, state = entry
+            if owner != source:
+                detail = f"id {event.id[:80]!r} was first used by record {owner}"
                 log.warning(
                     "dead_letter",
                     pipeline=self.pipeline.name,
                     error=DUPLICATE_ID,
                     detail=detail,
-                    **slot.source.__dict__,
+                    **event.source.__dict__,
                 )
-                out.append(self._dead_letter(DUPLICATE_ID, detail, by_source[slot.source]))
+                outcome[event.source] = self._dead_letter(DUPLICATE_ID, detail, by_source[event.source])
+            elif state == DELIVERED:
+                metrics.REDELIVERED.labels(self.pipeline.name).inc()
+                outcome[event.source] = None
             else:
-                out.append(slot)
-        return out
+                claims[event.source] = (key, source)
+        return [outcome[s.source] if isinstance(s, InputEvent) and s.source in outcome else s for s in slots], claims
 
     async def _results(self, events: list[InputEvent], model: LoadedModel) -> dict[Source, tuple[dict, bool, bool]]:
         """(results, truncated, cached) per event: from Redis where it has them, else from the model."""

@@ -322,9 +322,12 @@ class GatedClassifier(CountingClassifier):
         return super().prepare(texts)
 
     def run(self, prepared, tasks=None):
+        # Recorded on arrival at the gate: the order in which the parts took a model thread.
+        self.calls.append(list(prepared.texts))
+        self.threads.append(threading.current_thread())
         self.waiting += 1
         assert self.gate.wait(10), "the test never opened the gate"
-        return super().run(prepared, tasks)
+        return Classifier.run(self, prepared, tasks)
 
 
 async def until(condition, failure: str, timeout_s: float = 10.0) -> None:
@@ -422,3 +425,50 @@ def test_forged_cache_values_are_misses(redis_url, classifier, pipeline, pool, c
     for message, doc in zip(out, docs):
         check_output(pipeline, message, doc)
     assert sorted(classifier.calls[0]) == sorted(texts)  # all went to the model
+
+
+class PoisonClassifier(CountingClassifier):
+    """Fails on any text that holds "POISON" (a model_error dead letter after the id was claimed)."""
+
+    def run(self, prepared, tasks=None):
+        if any("POISON" in t for t in prepared.texts):
+            raise RuntimeError("poisoned")
+        return super().run(prepared, tasks)
+
+
+def test_delivery_journal(redis_url, encoder, pipeline, pool) -> None:
+    """Journal per event id: a redelivered record whose output was confirmed is not produced again;
+    another record with a delivered id is a duplicate_id; a dead-lettered id is released, so the
+    event can be replayed from the dead-letter topic."""
+    heads = {
+        name: Head(HeadSpec(name=name, labels=labels, input_dim=encoder.hidden_size, hidden=16)).eval()
+        for name, labels in LABELS.items()
+    }
+    model = PoisonClassifier(encoder, heads, {name: uuid.uuid4().hex for name in heads})
+    run = uuid.uuid4().hex[:8]
+    good = [json.dumps({"id": f"{run}-a", "text": TEXTS[0]}).encode(), json.dumps({"text": TEXTS[1]}).encode()]
+    poison = json.dumps({"id": f"{run}-p", "text": "POISON pill"}).encode()
+
+    async def scenario() -> tuple[list, list, list, list]:
+        client = aioredis.from_url(redis_url)
+        try:
+            processor = BatchProcessor(pipeline, model, ResultCache(client, TTL_S), pool)
+            batch = records(pipeline, [*good, poison], first_offset=500)
+            first = await processor.process(batch)
+            await processor.settle(first)  # what the worker does once the broker confirmed delivery
+            again = await processor.process(batch)  # a redelivery after a crash before the commit
+            await processor.settle(again)
+            other = await processor.process(records(pipeline, [good[0]], first_offset=900))
+            replay = await processor.process(records(pipeline, [poison], first_offset=901))
+            return first, again, other, replay
+        finally:
+            await client.aclose()
+
+    first, again, other, replay = asyncio.run(scenario())
+    assert [o.dead_letter for o in first] == [False, False, True]
+    assert json.loads(first[2].value)["error"] == "model_error"
+    assert again[:2] == [None, None]  # delivered: acked without being produced again
+    assert json.loads(again[2].value)["error"] == "model_error"  # released: tried again
+    assert json.loads(other[0].value)["error"] == "duplicate_id"
+    assert json.loads(replay[0].value)["error"] == "model_error"  # not duplicate_id: the claim was released
+    assert sum(1 for call in model.calls if TEXTS[0] in call) == 1

@@ -118,3 +118,32 @@ def test_heads_with_the_same_base_name_stay_apart(tmp_path: Path, bert, tokenize
 def test_two_heads_answering_as_one_task_in_a_pipeline_are_refused(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="two heads answer as 'sentiment'"):
         Pipeline(name="p", input="i", output="o", dead_letter="d", heads=["sentiment", str(tmp_path / "sentiment")])
+
+
+def test_a_partial_delivery_failure_resends_only_what_failed(
+    classifier: Classifier, pipelines: list[Pipeline], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The whole batch was sent again after one failed message: duplicates without any crash."""
+    import asyncio
+
+    import worker.app
+    from worker.processor import Outgoing
+
+    app = WorkerApp(load_settings(web_port=0, cache_ttl_s=0), pipelines, classifier)
+    sent: list[bytes] = []
+    failures = {b"m2": 1}
+
+    async def send(message: Outgoing) -> asyncio.Future:
+        sent.append(message.value)
+        future = asyncio.get_running_loop().create_future()
+        if failures.get(message.value, 0) > 0:
+            failures[message.value] -= 1
+            future.set_exception(RuntimeError("NOT_ENOUGH_REPLICAS"))
+        else:
+            future.set_result(None)
+        return future
+
+    monkeypatch.setattr(app, "_send", send)  # the producer's hand-off; the retry logic is tested
+    monkeypatch.setattr(worker.app, "SEND_RETRY_S", 0.01)
+    asyncio.run(app._deliver("news", [Outgoing("n.out", None, value) for value in (b"m1", b"m2", b"m3")]))
+    assert sent == [b"m1", b"m2", b"m3", b"m2"]
