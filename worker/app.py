@@ -24,13 +24,14 @@ from worker.config import Pipeline, Settings
 from worker.connection import KafkaConnection
 from worker.faust_transport import Transport
 from worker.limits import PRODUCER_MAX_REQUEST_BYTES
-from worker.model_pool import ModelPool
+from worker.model_pool import ModelPool, ModelUnavailable
 from worker.processor import BatchProcessor, Outgoing, Record
 from worker.reload import ModelReloader
 
 log = structlog.get_logger(__name__)
 
 SEND_RETRY_S = 1.0
+MODEL_RETRY_S = 5.0  # a batch held while the model fails is tried again this often
 PRODUCER_REQUEST_TIMEOUT_S = 30.0  # a delivery that hangs this long fails and the batch is sent again
 EXIT_SHUTDOWN_TIMEOUT = 3  # exit code when batches in flight could not be delivered within the grace period
 
@@ -108,7 +109,7 @@ class WorkerApp:
         self._processed: dict[tuple[str, int], int] = {}  # next offset after the last acked, per input partition
         self._lag_labels: set[tuple[str, str, str]] = set()
         self._joined = False
-        self.pool = ModelPool(model.instances, [p.name for p in pipelines])
+        self.pool = ModelPool(model.instances, [p.name for p in pipelines], settings.model_failure_limit)
         client = (
             aioredis.from_url(
                 settings.redis_url.get_secret_value(),
@@ -268,7 +269,7 @@ class WorkerApp:
         ]
         try:
             try:
-                outgoing = await processor.process(records)
+                outgoing = await self._classify(processor, records)
             finally:
                 classified()
             if previous is not None:
@@ -289,6 +290,22 @@ class WorkerApp:
             if record.timestamp_ms:
                 metrics.E2E_SECONDS.labels(name).observe(max(0.0, now_ms - record.timestamp_ms) / 1000)
         metrics.BATCH_SECONDS.labels(name).observe(time.perf_counter() - started)
+
+    async def _classify(self, processor: BatchProcessor, records: list[Record]) -> list[Outgoing | None]:
+        """The batch's outputs. While the model fails on everything the batch is held, neither
+        dead-lettered nor acked, and tried again: the agent stops taking events meanwhile."""
+        while True:
+            try:
+                return await processor.process(records)
+            except ModelUnavailable as exc:
+                log.error(
+                    "model_unavailable",
+                    pipeline=processor.pipeline.name,
+                    error=str(exc),
+                    effect="holding the batch, not acking it",
+                    retry_in_s=MODEL_RETRY_S,
+                )
+                await asyncio.sleep(MODEL_RETRY_S)
 
     async def _send(self, message: Outgoing) -> Any:
         """Hand one message to the producer; the returned future resolves on delivery."""
@@ -335,7 +352,7 @@ class WorkerApp:
         async def readyz(web: Any, request: Any) -> Any:
             redis_ok = await self.cache.ping() if self.cache.client is not None else True
             checks = {
-                "model": True,
+                "model": self.pool.healthy,
                 # Joined the consumer group at least once and not rebalancing now (a worker of a
                 # group with more members than partitions may hold no partition and is still ready).
                 "broker": self._joined and not self.app.rebalancing,

@@ -33,5 +33,8 @@ CONSUMER_LAG = Gauge(
     "Records behind the fetch high watermark, per assigned input partition",
     ["pipeline", "topic", "partition"],
 )
+MODEL_FAILING = Gauge(
+    "bertstream_model_failing", "1 while the model fails every batch: batches are held, not acked, and /readyz fails"
+)
 MODEL_RELOADS = Counter("bertstream_model_reloads_total", "Model hot reloads", ["result"])
 MODEL_INFO = Info("bertstream_model", "The loaded model: name and content version")

@@ -20,15 +20,24 @@ from typing import Any
 import structlog
 
 from pipelines.model import Model, Prediction
+from worker import metrics
 
 log = structlog.get_logger(__name__)
 
 MIN_SPLIT_TEXTS = 8  # a batch is split across idle model instances into parts of at least this many texts
+PROBE_TEXTS = ["warm-up"]  # a text every model answers: tells a poisonous batch from a broken model
+
+
+class ModelUnavailable(RuntimeError):
+    """The model fails on every text, a known-good one included: hold the batch, do not ack it."""
 
 
 class ModelPool:
-    def __init__(self, instances: int, pipelines: Iterable[str] = ()) -> None:
+    def __init__(self, instances: int, pipelines: Iterable[str] = (), failure_limit: int = 3) -> None:
         self.instances = instances
+        # Batches held in a row because the model failed: at `failure_limit` the worker is not ready.
+        self.failure_limit = failure_limit
+        self.failures = 0
         # Batches in flight per pipeline: one in the model per instance, one delivering.
         self.max_in_flight = instances + 1
         self.executor = ThreadPoolExecutor(max_workers=instances, thread_name_prefix="model")
@@ -45,8 +54,13 @@ class ModelPool:
     def release(self, pipeline: str) -> None:
         self._free(pipeline).release()
 
+    @property
+    def healthy(self) -> bool:
+        return self.failures < self.failure_limit
+
     async def predict(self, pipeline: str, model: Model, texts: list[str], tasks: list[str]) -> list[Prediction | None]:
-        """One Prediction per text, in order; None for a text the model failed on.
+        """One Prediction per text, in order; None for a text the model failed on. Raises
+        ModelUnavailable when it failed on every text and on a known-good one too.
 
         The caller holds one instance. A batch that finds others idle borrows them and is split,
         so a light load gets the latency of small batches; under load every instance is busy
@@ -57,15 +71,27 @@ class ModelPool:
             await free.acquire()  # free now: does not wait
             borrowed += 1
         if not borrowed:
-            return await self._run(pipeline, model, texts, tasks)
-        try:
-            size = math.ceil(len(texts) / (borrowed + 1))
-            chunks = [texts[i : i + size] for i in range(0, len(texts), size)]
-            results = await asyncio.gather(*(self._run(pipeline, model, chunk, tasks) for chunk in chunks))
-        finally:
-            for _ in range(borrowed):
-                free.release()
-        return [prediction for result in results for prediction in result]
+            predictions = await self._run(pipeline, model, texts, tasks)
+        else:
+            try:
+                size = math.ceil(len(texts) / (borrowed + 1))
+                chunks = [texts[i : i + size] for i in range(0, len(texts), size)]
+                results = await asyncio.gather(*(self._run(pipeline, model, chunk, tasks) for chunk in chunks))
+            finally:
+                for _ in range(borrowed):
+                    free.release()
+            predictions = [prediction for result in results for prediction in result]
+        if texts and all(p is None for p in predictions) and not await self._probe(pipeline, model, tasks):
+            self.failures += 1
+            metrics.MODEL_FAILING.set(0 if self.healthy else 1)
+            raise ModelUnavailable(f"the model failed on all {len(texts)} texts and on a known-good one")
+        self.failures = 0
+        metrics.MODEL_FAILING.set(0)
+        return predictions
+
+    async def _probe(self, pipeline: str, model: Model, tasks: list[str]) -> bool:
+        """Whether the model still answers a known-good text."""
+        return (await self._run(pipeline, model, PROBE_TEXTS, tasks)) != [None]
 
     async def _run(self, pipeline: str, model: Model, texts: list[str], tasks: list[str]) -> list[Prediction | None]:
         """Tokenize on the tokenizer thread, then run on a model thread. If the batch fails, each

@@ -17,7 +17,7 @@ from worker.cache import DELIVERED, ResultCache, cache_key, id_key, results_matc
 from worker.codec import DecodeError, InputEvent, Source, decode, encode_dead_letter, encode_output
 from worker.config import Pipeline
 from worker.limits import DEFAULT_MAX_EVENT_BYTES, MAX_KEY_BYTES, MAX_MESSAGE_BYTES
-from worker.model_pool import ModelPool
+from worker.model_pool import ModelPool, ModelUnavailable
 
 log = structlog.get_logger(__name__)
 
@@ -82,17 +82,20 @@ class BatchProcessor:
 
     async def process(self, records: list[Record]) -> list[Outgoing | None]:
         """One entry per record, in input order: an output, a dead letter, or None for a record
-        whose output was already delivered. Never raises: an unexpected failure dead-letters the
-        batch as internal_error (raw bytes kept)."""
+        whose output was already delivered. Raises only ModelUnavailable (the caller holds the
+        batch); any other failure dead-letters the batch as internal_error (raw bytes kept)."""
         name = self.pipeline.name
-        metrics.EVENTS_IN.labels(name).inc(len(records))
-        metrics.BATCH_SIZE.labels(name).observe(len(records))
         try:
-            return await self._process(records)
+            out = await self._process(records)
+        except ModelUnavailable:
+            raise
         except Exception as exc:
             log.exception("batch_failed", pipeline=name, events=len(records), error=f"{type(exc).__name__}: {exc}")
             detail = f"the worker failed on this batch ({type(exc).__name__}); see the worker log"
-            return [self._dead_letter(INTERNAL_ERROR, detail, r) for r in records]
+            out = [self._dead_letter(INTERNAL_ERROR, detail, r) for r in records]
+        metrics.EVENTS_IN.labels(name).inc(len(records))
+        metrics.BATCH_SIZE.labels(name).observe(len(records))
+        return out
 
     def _dead_letter(self, code: str, detail: str, record: Record) -> Outgoing:
         metrics.DEAD_LETTERS.labels(self.pipeline.name, code).inc()

@@ -164,3 +164,44 @@ def test_a_failure_while_building_one_output_spares_the_others() -> None:
     out = process([event("one"), event("odd one"), event("three")], MalformedModel(), ModelPool(1))
     assert [o.dead_letter for o in out] == [False, True, False]
     assert json.loads(out[1].value)["error"] == "internal_error"
+
+
+class BrokenModel(FakeModel):
+    """Fails every batch while `broken` (a lost CUDA context, out of memory)."""
+
+    broken = True
+
+    def run(self, prepared: list[str], tasks: list[str] | None = None) -> list[Prediction]:
+        if self.broken:
+            raise RuntimeError("CUDA error: device-side assert triggered")
+        return super().run(prepared, tasks)
+
+
+def test_a_lasting_model_failure_is_not_dead_lettered() -> None:
+    """Every event became model_error and was acked: a broken model emptied the topic into the
+    dead-letter topic. Now the batch is held (not acked) and the worker turns not ready."""
+    from worker.model_pool import ModelUnavailable
+
+    model, pool = BrokenModel(), ModelPool(1, [PIPELINE.name])
+
+    async def scenario() -> list[Outgoing | None]:
+        processor = BatchProcessor(PIPELINE, model, ResultCache(None, 0), pool)
+        batch = [Record(raw=event(f"text {i}"), key=None, source=Source("in", 0, i)) for i in range(3)]
+        for attempt in range(pool.failure_limit):
+            assert pool.healthy, attempt
+            try:
+                await processor.process(batch)
+            except ModelUnavailable:
+                continue
+            raise AssertionError("a broken model must not give outputs or dead letters")
+        assert not pool.healthy  # /readyz says not ready
+        model.broken = False  # it recovered
+        out = await processor.process(batch)
+        assert pool.healthy
+        return out
+
+    try:
+        out = asyncio.run(scenario())
+    finally:
+        pool.shutdown()
+    assert [o.dead_letter for o in out if o is not None] == [False, False, False]
