@@ -72,16 +72,24 @@ class ResultCache:
         self.client = client
         self.ttl_s = ttl_s
         self.degraded = False
+        self._failing: set[str] = set()  # "read", "write": the kinds of call failing now
         self._on_degraded = on_degraded
 
     @property
     def enabled(self) -> bool:
         return self.client is not None and self.ttl_s > 0
 
-    def _set_degraded(self, degraded: bool, reason: str = "") -> None:
-        if degraded != self.degraded:
-            self.degraded = degraded
-            self._on_degraded(degraded, reason)
+    def _set_degraded(self, degraded: bool, reason: str = "", op: str = "read") -> None:
+        """Degraded while reads or writes fail; a read that works does not clear a failing write
+        (a read-only replica would flip the state on every batch)."""
+        if degraded:
+            self._failing.add(op)
+        else:
+            self._failing.discard(op)
+        now = bool(self._failing)
+        if now != self.degraded:
+            self.degraded = now
+            self._on_degraded(now, reason)
 
     async def get_many(self, keys: list[str]) -> list[dict[str, Any] | None]:
         if not self.enabled or not keys:
@@ -103,9 +111,9 @@ class ResultCache:
                     pipe.set(key, json.dumps(value, separators=(",", ":")), ex=self.ttl_s)
                 await pipe.execute()
         except (RedisError, OSError) as exc:
-            self._set_degraded(True, f"{type(exc).__name__}: {exc}")
+            self._set_degraded(True, f"{type(exc).__name__}: {exc}", op="write")
             return
-        self._set_degraded(False)
+        self._set_degraded(False, op="write")
 
     async def journal_begin(self, keys: list[str], sources: list[str]) -> list[tuple[str, str] | None]:
         """(source, state) that holds each id, claiming the new ones for `sources`; None for all
@@ -115,9 +123,9 @@ class ResultCache:
         try:
             found = await self.client.eval(_JOURNAL_BEGIN, len(keys), *keys, self.ttl_s, *sources)
         except (RedisError, OSError) as exc:
-            self._set_degraded(True, f"{type(exc).__name__}: {exc}")
+            self._set_degraded(True, f"{type(exc).__name__}: {exc}", op="write")
             return [None] * len(keys)
-        self._set_degraded(False)
+        self._set_degraded(False, op="write")
         entries = [v.decode("utf-8") if isinstance(v, bytes) else str(v) for v in found]
         return [(e.rpartition("|")[0], e.rpartition("|")[2]) if "|" in e else (e, "claimed") for e in entries]
 
@@ -130,9 +138,9 @@ class ResultCache:
         try:
             await self.client.eval(_JOURNAL_SETTLE, len(keys), *keys, self.ttl_s, *args)
         except (RedisError, OSError) as exc:
-            self._set_degraded(True, f"{type(exc).__name__}: {exc}")
+            self._set_degraded(True, f"{type(exc).__name__}: {exc}", op="write")
             return
-        self._set_degraded(False)
+        self._set_degraded(False, op="write")
 
     async def ping(self) -> bool:
         if self.client is None:

@@ -185,8 +185,12 @@ class BatchProcessor:
         events = [s for s in slots if isinstance(s, InputEvent)]
         if not events:
             return slots, {}
-        keys = [id_key(self.pipeline.name, e.source.topic, e.id) for e in events]
-        mine = [e.source.derived_id() for e in events]
+        # The source record, told apart from one at the same offset of a recreated topic by its timestamp.
+        mine = [_record_tag(by_source[e.source]) for e in events]
+        keys = [
+            id_key(self.pipeline.name, e.source.topic, tag if e.id == e.source.derived_id() else e.id)
+            for e, tag in zip(events, mine)
+        ]
         entries = await self.cache.journal_begin(keys, mine)
         outcome: dict[Source, Outgoing | None] = {}
         claims: dict[Source, tuple[str, str]] = {}
@@ -241,3 +245,9 @@ class BatchProcessor:
                     found[event.source] = (prediction.results, prediction.truncated, False)
             await self.cache.set_many(to_cache)
         return found
+
+
+def _record_tag(record: Record) -> str:
+    """topic:partition:offset@timestamp: one record, across redeliveries and topic recreations."""
+    stamp = f"@{int(record.timestamp_ms)}" if record.timestamp_ms else ""
+    return record.source.derived_id() + stamp

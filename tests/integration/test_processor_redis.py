@@ -472,3 +472,54 @@ def test_delivery_journal(redis_url, encoder, pipeline, pool) -> None:
     assert json.loads(other[0].value)["error"] == "duplicate_id"
     assert json.loads(replay[0].value)["error"] == "model_error"  # not duplicate_id: the claim was released
     assert sum(1 for call in model.calls if TEXTS[0] in call) == 1
+
+
+def test_a_read_only_redis_stays_degraded() -> None:
+    """Reads work and writes fail (a replica): the degraded gauge flipped on every batch."""
+    import redis
+
+    from bertstream.devservices.process import free_port
+    from bertstream.devservices.redis_server import EmbeddedRedis
+
+    with EmbeddedRedis() as server:
+        redis.Redis.from_url(server.url).replicaof("127.0.0.1", free_port())  # now read-only
+        flips: list[bool] = []
+
+        async def batches() -> None:
+            client = aioredis.from_url(server.url)
+            cache = ResultCache(client, TTL_S, lambda degraded, reason: flips.append(degraded))
+            try:
+                for _ in range(3):
+                    assert await cache.get_many(["k"]) == [None]
+                    await cache.set_many({"k": {"results": {}, "truncated": False}})
+            finally:
+                await client.aclose()
+
+        asyncio.run(batches())
+    assert flips == [True]
+
+
+def test_a_recreated_topic_is_not_taken_for_a_redelivery(redis_url, classifier, pipeline, pool) -> None:
+    """Derived ids (topic:partition:offset) repeat when a topic is deleted and created again: the
+    journal tells the records apart by their timestamps, so the new ones are not skipped."""
+    offset = 7000 + uuid.uuid4().int % 100000
+    raw = json.dumps({"text": TEXTS[3]}).encode()
+
+    def record(timestamp_ms: float) -> Record:
+        return Record(raw=raw, key=None, source=Source(pipeline.input, 0, offset), timestamp_ms=timestamp_ms)
+
+    async def scenario() -> tuple[list, list, list]:
+        client = aioredis.from_url(redis_url)
+        try:
+            processor = BatchProcessor(pipeline, classifier, ResultCache(client, TTL_S), pool)
+            first = await processor.process([record(1_700_000_000_000)])
+            await processor.settle(first)
+            redelivered = await processor.process([record(1_700_000_000_000)])
+            recreated = await processor.process([record(1_800_000_000_000)])
+            return first, redelivered, recreated
+        finally:
+            await client.aclose()
+
+    first, redelivered, recreated = asyncio.run(scenario())
+    assert not first[0].dead_letter and redelivered == [None]
+    assert recreated[0] is not None and not recreated[0].dead_letter
