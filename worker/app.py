@@ -136,6 +136,9 @@ class WorkerApp:
             producer_max_request_size=PRODUCER_MAX_REQUEST_BYTES,
             producer_request_timeout=PRODUCER_REQUEST_TIMEOUT_S,
             topic_allow_declare=False,
+            # Bounded memory: a few batches buffered per stream, one event's size per partition fetch.
+            stream_buffer_maxsize=4 * settings.batch_size,
+            consumer_max_fetch_size=settings.max_event_bytes + 65_536,
             topic_disable_leader=True,
             web_enabled=settings.web_port > 0,
             web_bind=settings.web_host,
@@ -151,6 +154,10 @@ class WorkerApp:
         @self.app.on_partitions_assigned.connect
         async def joined(sender: Any, assigned: Any, **kwargs: Any) -> None:
             self._joined = True
+
+        @self.app.on_partitions_revoked.connect
+        async def revoked(sender: Any, revoked: Any, **kwargs: Any) -> None:
+            self.forget_partitions(revoked)
 
         self.reloader = reloader(self.use) if reloader else None
         self._add_timers()
@@ -181,6 +188,12 @@ class WorkerApp:
             @self.app.timer(interval=self.settings.reload_check_s)
             async def reload_on_change() -> None:
                 await reloader.check_files()
+
+    def forget_partitions(self, partitions: Any) -> None:
+        """Drop what was processed on partitions this worker gave up: a later assignment starts
+        from the committed offset, not from this worker's old count."""
+        for tp in partitions:
+            self._processed.pop((tp.topic, tp.partition), None)
 
     async def update_lag(self) -> None:
         """Lag per assigned input partition: the fetch high watermark minus the next offset to process.

@@ -147,3 +147,22 @@ def test_a_partial_delivery_failure_resends_only_what_failed(
     monkeypatch.setattr(worker.app, "SEND_RETRY_S", 0.01)
     asyncio.run(app._deliver("news", [Outgoing("n.out", None, value) for value in (b"m1", b"m2", b"m3")]))
     assert sent == [b"m1", b"m2", b"m3", b"m2"]
+
+
+def test_buffered_and_fetched_bytes_are_bounded(classifier: Classifier, pipelines: list[Pipeline]) -> None:
+    """Faust buffers 4096 events per stream and fetches 4 MB per partition by default: a flood of
+    1 MB events could hold gigabytes before the size check."""
+    settings = load_settings(web_port=0, cache_ttl_s=0, batch_size=32)
+    conf = WorkerApp(settings, pipelines, classifier).app.conf
+    assert conf.stream_buffer_maxsize <= 4 * settings.batch_size
+    assert conf.consumer_max_fetch_size <= 2 * settings.max_event_bytes
+
+
+def test_revoked_partitions_leave_the_lag_bookkeeping(classifier: Classifier, pipelines: list[Pipeline]) -> None:
+    from collections import namedtuple
+
+    tp = namedtuple("TP", "topic partition")
+    app = WorkerApp(load_settings(web_port=0, cache_ttl_s=0), pipelines, classifier)
+    app._processed = {("n.raw", 0): 10, ("n.raw", 1): 20}
+    app.forget_partitions({tp("n.raw", 0)})
+    assert app._processed == {("n.raw", 1): 20}
