@@ -7,6 +7,7 @@ mean-pooled over tokens, and the windows of one text are averaged weighted by th
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import threading
 from collections.abc import Iterator
@@ -27,6 +28,9 @@ from pipelines.numerics import (
 from pipelines.registry import ModelNotFoundError, default_model_dir, file_digest
 
 log = logging.getLogger(__name__)
+
+# The files of a model directory that make its results: weights, config, tokenizer.
+MODEL_FILES = {".safetensors", ".json", ".txt", ".model"}
 
 
 @dataclass(frozen=True)
@@ -73,10 +77,10 @@ class Encoder:
             model_dir = Path(settings.model_dir) if settings.model_dir else default_model_dir()
             model, tokenizer = _load(model_dir)
             self.name = _model_name(model_dir)
-            self.version = file_digest(sorted(model_dir.glob("*.safetensors")))
+            files = file_digest(sorted(p for p in model_dir.iterdir() if p.is_file() and p.suffix in MODEL_FILES))
         else:
             self.name = getattr(model.config, "_name_or_path", "") or "in-memory"
-            self.version = "in-memory"
+            files = "in-memory"
         self.device = resolve_device(settings.device)
         self.instances = resolve_instances(settings.instances, self.device)
         threads = intra_op_threads(settings.threads, self.instances, self.device)
@@ -86,6 +90,10 @@ class Encoder:
         self._tokenizer_lock = threading.Lock()  # the fast tokenizer is not safe from two threads at once
         self.precision = resolve_precision(settings.precision, self.device)
         self.model = prepare_model(model, self.device, self.precision)
+        # What changes results: weights, config and tokenizer files, and how they run and read texts.
+        s = settings
+        how = f"{self.precision}|{self.device.type}|{s.max_windows}|{s.window_tokens}|{s.stride_tokens}"
+        self.version = files if files == "in-memory" else hashlib.sha256(f"{files}|{how}".encode()).hexdigest()[:12]
         self.tokenizer = tokenizer
         self.pad_id: int = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         self.hidden_size: int = model.config.hidden_size

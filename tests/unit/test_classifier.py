@@ -323,3 +323,25 @@ def test_version_changes_when_a_head_changes(bert, tokenizer, tmp_path: Path) ->
 
     again = Classifier.load(encoder, [str(spam_dir), str(sentiment_dir)])
     assert again.version() == second.version()  # stable across loads
+
+
+def test_the_model_version_covers_everything_that_changes_results(bert, tokenizer, tmp_path: Path) -> None:
+    """The version (in every output and cache key) covered the weights alone: after raising
+    MAX_WINDOWS, or with another precision or tokenizer, old results were served for 24 h."""
+    model_dir = tmp_path / "model"
+    bert.save_pretrained(model_dir)
+    tokenizer.save_pretrained(model_dir)
+
+    def version(**overrides: object) -> str:
+        settings = {"model_dir": model_dir, "device": "cpu", "precision": "fp32", "threads": 1, **overrides}
+        return Encoder(EncoderSettings(**settings)).version
+
+    base = version()
+    assert version() == base  # stable
+    assert version(max_windows=16) != base
+    assert version(precision="bf16") != base
+    assert version(window_tokens=128) != base
+    config = json.loads((model_dir / "tokenizer_config.json").read_text())
+    config["do_lower_case"] = not config.get("do_lower_case", True)
+    (model_dir / "tokenizer_config.json").write_text(json.dumps(config))
+    assert version() != base
