@@ -1,7 +1,8 @@
 """The model side of bertstream: encode texts and run task heads; `pipelines.training` trains and evaluates them.
 
-Never imports the transport (faust, aiokafka, kafka, redis): the worker calls in through
-`Classifier.predict` (texts in, per-task results out). Serving never imports `pipelines.training`.
+Never imports the transport (faust, aiokafka, kafka, redis): the worker calls in through the
+`pipelines.model.Model` protocol (texts in, per-task results out), which `Classifier` implements.
+Serving never imports `pipelines.training`.
 """
 
 from typing import Any

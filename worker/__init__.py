@@ -1,1 +1,2 @@
-"""The streaming side of bertstream: Kafka (Faust, kafka-python), Redis, the CLI."""
+"""The streaming runtime: exactly what `python -m worker` (or `bertstream worker`) loads. Kafka through
+Faust and kafka-python, Redis, and the model side through `pipelines.model.Model`."""
