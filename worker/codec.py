@@ -1,7 +1,10 @@
 """The event contracts: decode and validate input events, encode outputs and dead letters.
 
-Input:       {"id": str?, "text": str, "metadata": object?}
-Output:      {"id", "results", "model", "cached", "truncated", "source", "metadata", "latency_ms"}
+Input:       {"id": str?, "text": str, "metadata": object?}, or "email" (a raw RFC 5322 message as a
+             string) or "email_b64" (its bytes in base64) instead of "text"; with a pipeline's
+             input_format = "rfc822" the record value is the raw message itself
+Output:      {"id", "results", "model", "cached", "truncated", "source", "metadata", "latency_ms"},
+             and "email": {"from", "to", "subject", "date", "message_id"} for an e-mail input
 Dead letter: {"error", "detail", "source", "raw", "raw_encoding", "raw_size", "raw_sha256", "raw_truncated"}
 
 A dead letter carries the original bytes losslessly while it fits in DEAD_LETTER_MAX_BYTES (under
@@ -13,6 +16,7 @@ its SHA-256, with raw_truncated=true; its source (topic, partition, offset) re-r
 from __future__ import annotations
 
 import base64
+import binascii
 import hashlib
 import json
 import math
@@ -20,6 +24,7 @@ import unicodedata
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from worker.email_input import EmailError, parse_email
 from worker.limits import DEAD_LETTER_MAX_BYTES, DEFAULT_MAX_EVENT_BYTES, MAX_DEPTH, MAX_ID_CHARS, RAW_PREFIX_BYTES
 
 
@@ -40,6 +45,10 @@ class InputEvent:
     text: str
     source: Source
     metadata: dict[str, Any] = field(default_factory=dict)
+    email: dict[str, str | None] | None = None  # from, to, subject, date, message_id of an e-mail input
+
+
+TEXT_FIELDS = ("text", "email", "email_b64")  # exactly one of them: the text, or a raw RFC 5322 message
 
 
 class DecodeError(ValueError):
@@ -98,14 +107,43 @@ def _has_words(text: str) -> bool:
     return any(unicodedata.category(ch)[0] in "LN" for ch in text)
 
 
-def decode(raw: bytes | None, source: Source, max_bytes: int = DEFAULT_MAX_EVENT_BYTES) -> InputEvent:
-    """One validated input event, or a DecodeError with a precise code."""
+def decode(
+    raw: bytes | None, source: Source, max_bytes: int = DEFAULT_MAX_EVENT_BYTES, input_format: str = "json"
+) -> InputEvent:
+    """One validated input event, or a DecodeError with a precise code. `input_format` "rfc822":
+    the record value is a raw e-mail message, not a JSON event."""
     if raw is None or len(raw) == 0:
         raise DecodeError("empty_message", "the record has no value")
     if len(raw) > max_bytes:
         raise DecodeError("too_large", f"{len(raw)} bytes is over the {max_bytes}-byte limit")
     if b"\x00" in raw:
         raise DecodeError("nul_byte", "the record contains a NUL byte")
+    if input_format == "rfc822":
+        text, headers = _from_email(raw)
+        return InputEvent(id=_email_id(headers) or source.derived_id(), text=text, source=source, email=headers)
+    doc = _json_object(raw)
+    text, headers = _event_text(doc)
+    event_id = doc.get("id")
+    if event_id is None:
+        event_id = _email_id(headers) or source.derived_id()
+    elif not isinstance(event_id, str):
+        raise DecodeError("id_not_string", f'"id" is a JSON {type(event_id).__name__}, not a string')
+    elif not event_id.strip():
+        raise DecodeError("empty_id", '"id" is empty')
+    elif len(event_id) > MAX_ID_CHARS:
+        raise DecodeError("id_too_long", f'"id" is over {MAX_ID_CHARS} characters')
+    metadata = doc.get("metadata", {})
+    if metadata is None:
+        metadata = {}
+    if not isinstance(metadata, dict):
+        raise DecodeError("metadata_not_object", f'"metadata" is a JSON {type(metadata).__name__}, not an object')
+    for name, value in (("id", event_id), ("metadata", metadata)):
+        if not _encodable(value):
+            raise DecodeError("invalid_unicode", f'"{name}" contains a lone surrogate escape')
+    return InputEvent(id=event_id, text=text, source=source, metadata=metadata, email=headers)
+
+
+def _json_object(raw: bytes) -> dict[str, Any]:
     try:
         body = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -126,11 +164,57 @@ def decode(raw: bytes | None, source: Source, max_bytes: int = DEFAULT_MAX_EVENT
         raise DecodeError("not_object", f"the event is a JSON {type(doc).__name__}, not an object")
     if _depth(doc, MAX_DEPTH) > MAX_DEPTH:
         raise DecodeError("nesting_too_deep", f"JSON nested deeper than {MAX_DEPTH} levels")
-    if "text" not in doc:
-        raise DecodeError("missing_text", 'the event has no "text" field')
-    text = doc["text"]
-    if not isinstance(text, str):
-        raise DecodeError("text_not_string", f'"text" is a JSON {type(text).__name__}, not a string')
+    return doc
+
+
+def _event_text(doc: dict[str, Any]) -> tuple[str, dict[str, str | None] | None]:
+    """The text to classify: "text", or the message in "email" / "email_b64" (and its headers)."""
+    given = [name for name in TEXT_FIELDS if name in doc]
+    if len(given) > 1:
+        raise DecodeError("conflicting_fields", f"the event has both {given[0]!r} and {given[1]!r}: give one")
+    if not given:
+        raise DecodeError("missing_text", 'the event has no "text" field (nor "email" or "email_b64")')
+    name = given[0]
+    value = doc[name]
+    kind = type(value).__name__
+    if name == "text":
+        if not isinstance(value, str):
+            raise DecodeError("text_not_string", f'"text" is a JSON {kind}, not a string')
+        return _checked_text(value), None
+    if not isinstance(value, str):
+        raise DecodeError("email_not_string", f'"{name}" is a JSON {kind}, not a string (the message, or its base64)')
+    if name == "email":
+        if not _encodable(value):
+            raise DecodeError("invalid_unicode", '"email" contains a lone surrogate escape')
+        return _from_email(value.encode("utf-8"))
+    try:
+        raw = base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError):
+        raise DecodeError("email_b64_invalid", '"email_b64" is not valid base64') from None
+    return _from_email(raw)
+
+
+def _from_email(raw: bytes) -> tuple[str, dict[str, str | None]]:
+    try:
+        parsed = parse_email(raw)
+    except EmailError as err:
+        raise DecodeError(err.code, err.detail) from None
+    # Mail bodies carry form feeds and other control characters: spaces here, not a dead letter.
+    text = "".join(" " if unicodedata.category(ch) == "Cc" and ch not in "\t\n\r" else ch for ch in parsed.text)
+    if not _encodable(text) or not _encodable(parsed.headers):
+        raise DecodeError("invalid_unicode", "the e-mail decodes to a lone surrogate")
+    if not _has_words(text):
+        raise DecodeError("no_words", "the e-mail's subject and body have no letters or digits")
+    return text, parsed.headers
+
+
+def _email_id(headers: dict[str, str | None] | None) -> str | None:
+    """The Message-ID as the default id, when it fits the id limits."""
+    message_id = (headers or {}).get("message_id")
+    return message_id if message_id and len(message_id) <= MAX_ID_CHARS else None
+
+
+def _checked_text(text: str) -> str:
     if text == "":
         raise DecodeError("empty_text", '"text" is empty')
     if not text.strip():
@@ -143,24 +227,7 @@ def decode(raw: bytes | None, source: Source, max_bytes: int = DEFAULT_MAX_EVENT
         raise DecodeError("control_characters", '"text" contains control characters other than tab and newline')
     if not _has_words(text):
         raise DecodeError("no_words", '"text" has no letters or digits (only symbols, emoji or punctuation)')
-    event_id = doc.get("id")
-    if event_id is None:
-        event_id = source.derived_id()
-    elif not isinstance(event_id, str):
-        raise DecodeError("id_not_string", f'"id" is a JSON {type(event_id).__name__}, not a string')
-    elif not event_id.strip():
-        raise DecodeError("empty_id", '"id" is empty')
-    elif len(event_id) > MAX_ID_CHARS:
-        raise DecodeError("id_too_long", f'"id" is over {MAX_ID_CHARS} characters')
-    metadata = doc.get("metadata", {})
-    if metadata is None:
-        metadata = {}
-    if not isinstance(metadata, dict):
-        raise DecodeError("metadata_not_object", f'"metadata" is a JSON {type(metadata).__name__}, not an object')
-    for name, value in (("id", event_id), ("metadata", metadata)):
-        if not _encodable(value):
-            raise DecodeError("invalid_unicode", f'"{name}" contains a lone surrogate escape')
-    return InputEvent(id=event_id, text=text, source=source, metadata=metadata)
+    return text
 
 
 def _dumps(doc: dict[str, Any]) -> bytes:
@@ -176,18 +243,19 @@ def encode_output(
     truncated: bool,
     latency_ms: float,
 ) -> bytes:
-    return _dumps(
-        {
-            "id": event.id,
-            "results": results,
-            "model": model,
-            "cached": cached,
-            "truncated": truncated,
-            "source": asdict(event.source),
-            "metadata": event.metadata,
-            "latency_ms": round(latency_ms, 2),
-        }
-    )
+    doc = {
+        "id": event.id,
+        "results": results,
+        "model": model,
+        "cached": cached,
+        "truncated": truncated,
+        "source": asdict(event.source),
+        "metadata": event.metadata,
+        "latency_ms": round(latency_ms, 2),
+    }
+    if event.email is not None:
+        doc["email"] = event.email
+    return _dumps(doc)
 
 
 def _raw_field(raw: bytes) -> tuple[str, str]:

@@ -33,6 +33,7 @@ class Pipeline(BaseModel):
     dead_letter: str
     heads: list[str] = Field(min_length=1)
     routes: list[Route] = Field(default_factory=list)
+    input_format: Literal["json", "rfc822"] = "json"  # rfc822: each record value is a raw e-mail message
 
     def route_for(self, results: dict[str, dict]) -> str:
         """The topic an enriched event goes to: the first matching route, else the output topic."""

@@ -109,7 +109,7 @@ class BatchProcessor:
         slots: list[Outgoing | InputEvent | None] = []
         for record in records:
             try:
-                slots.append(decode(record.raw, record.source, self.max_event_bytes))
+                slots.append(decode(record.raw, record.source, self.max_event_bytes, self.pipeline.input_format))
             except DecodeError as err:
                 log.warning("dead_letter", pipeline=name, error=err.code, detail=err.detail, **record.source.__dict__)
                 slots.append(self._dead_letter(err.code, err.detail, record))

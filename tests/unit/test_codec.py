@@ -90,6 +90,25 @@ BAD_INPUTS: list[tuple[str, bytes | None, str]] = [
     ("id too long", _event(id="x" * (MAX_ID_CHARS + 1), text="hello"), "id_too_long"),
     ("metadata list", _event(text="hello", metadata=[1, 2]), "metadata_not_object"),
     ("metadata string", _event(text="hello", metadata="m"), "metadata_not_object"),
+    ("text and email", _event(text="hello", email="Subject: hi\n\nbody"), "conflicting_fields"),
+    ("email and email_b64", _event(email="Subject: hi\n\nbody", email_b64="U3ViamVjdA=="), "conflicting_fields"),
+    ("email number", _event(email=5), "email_not_string"),
+    ("email_b64 list", _event(email_b64=["eA=="]), "email_not_string"),
+    ("email_b64 not base64", _event(email_b64="not base64!"), "email_b64_invalid"),
+    ("email blank", _event(email="   \r\n"), "email_empty"),
+    ("email without headers", _event(email="just some words, no header lines"), "email_malformed"),
+    ("email with nothing to read", _event(email="From: a@example.com\n\n"), "email_no_text"),
+    ("email surrogate", b'{"email": "Subject: \\ud800\\n\\nhi"}', "invalid_unicode"),
+    ("email of symbols only", _event(email="Subject: !!!\n\n???"), "no_words"),
+    (
+        "email with too many parts",
+        _event(
+            email="Content-Type: multipart/mixed; boundary=b\n\n"
+            + "".join("--b\nContent-Type: text/plain\n\npart\n" for _ in range(100))
+            + "--b--\n"
+        ),
+        "email_too_many_parts",
+    ),
 ]
 
 
