@@ -35,6 +35,9 @@ class PassResult:
         return sum(1 for o in self.outputs.values() if o["cached"])
 
 
+MIME_EVENTS = 4  # the raw e-mail messages of email_mime.jsonl
+
+
 def _load_events(name: str, count: int) -> list[dict[str, Any]]:
     lines = [json.loads(line) for line in (DEMO_DATA / f"{name}.jsonl").read_text().splitlines() if line.strip()]
     return [lines[i % len(lines)] for i in range(count)]
@@ -109,7 +112,8 @@ def _print_table(title: str, rows: list[tuple[str, dict[str, Any]]]) -> None:
 def run_demo(events: int = 300, rows: int = 12) -> None:
     run = uuid.uuid4().hex[:6]
     half = max(1, events // 2)
-    batches = {"news": _load_events("news", half), "email": _load_events("email", events - half)}
+    mime = _load_events("email_mime", min(MIME_EVENTS, events - half))  # raw MIME messages first
+    batches = {"news": _load_events("news", half), "email": mime + _load_events("email", events - half - len(mime))}
     malformed = [line.encode() for line in (DEMO_DATA / "malformed.txt").read_text().splitlines() if line.strip()]
     with ExitStack() as stack:
         kafka, redis_url, _ = services(stack, echo=lambda message: click.echo(message, err=True))
@@ -150,7 +154,7 @@ def run_demo(events: int = 300, rows: int = 12) -> None:
             for i, e in enumerate(evs[:rows]):
                 out = first.outputs.get(event_id(e, "a", i))
                 if out:
-                    table.append((e["text"], out))
+                    table.append((e.get("text") or f"✉ {out['email']['subject']}", out))
             _print_table(f"{name}: {pipelines[name].input} → {pipelines[name].output}", table)
         errors = sorted({d["error"] for d in first.dead_letters})
         spam = sum(1 for o in first.outputs.values() if o["topic"] == "email.spam")

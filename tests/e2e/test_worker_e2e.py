@@ -7,7 +7,7 @@ import signal
 import time
 import urllib.request
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -89,7 +89,13 @@ def _produce(bootstrap: str, topic: str, values: list[bytes]) -> list[tuple[str,
     return [(m.topic, m.partition, m.offset) for m in meta]
 
 
-def _consume(bootstrap: str, topics: list[str], want: int, timeout_s: float = 240) -> list[tuple[str, dict[str, Any]]]:
+def _consume(
+    bootstrap: str,
+    topics: list[str],
+    want: int,
+    timeout_s: float = 240,
+    until: Callable[[list[tuple[str, dict[str, Any]]]], bool] | None = None,
+) -> list[tuple[str, dict[str, Any]]]:
     consumer = KafkaConsumer(
         *topics,
         bootstrap_servers=bootstrap,
@@ -101,7 +107,7 @@ def _consume(bootstrap: str, topics: list[str], want: int, timeout_s: float = 24
     got: list[tuple[str, dict[str, Any]]] = []
     deadline = time.monotonic() + timeout_s
     try:
-        while len(got) < want and time.monotonic() < deadline:
+        while len(got) < want and not (until and until(got)) and time.monotonic() < deadline:
             for tp, records in consumer.poll(timeout_ms=500).items():
                 got += [(tp.topic, json.loads(r.value)) for r in records]
     finally:
@@ -167,7 +173,47 @@ def test_events_classified_dead_lettered_and_cached(worker: dict[str, Any]) -> N
     assert 'bertstream_cache_hits_total{pipeline="e2e"} 40.0' in body
 
 
-def test_sigterm_stops_cleanly(worker: dict[str, Any]) -> None:
+def test_raw_mime_messages_through_the_worker(worker: dict[str, Any]) -> None:
+    """The demo's raw e-mail messages (multipart, HTML only, quoted-printable Latin-1, GB2312 in
+    base64) as email / email_b64 events: parsed headers in the output, labels, routing."""
+    t, bootstrap = worker["topics"], worker["bootstrap"]
+    events = [json.loads(line) for line in (DEMO / "email_mime.jsonl").read_text().splitlines() if line.strip()]
+    values = [json.dumps({k: v for k, v in e.items() if k != "id"}).encode() for e in events]
+    broken = json.dumps({"email": "just words, no headers"}).encode()
+    _produce(bootstrap, t["in"], values + [broken])
+    expected_ids = {f"<demo-mime-{i}@" for i in range(1, 5)}
+
+    def outputs(got: list[tuple[str, dict[str, Any]]]) -> dict[str, tuple[str, dict[str, Any]]]:
+        return {
+            doc["id"]: (topic, doc)
+            for topic, doc in got
+            if topic != t["dead"] and any(doc["id"].startswith(prefix) for prefix in expected_ids)
+        }
+
+    def complete(got: list[tuple[str, dict[str, Any]]]) -> bool:
+        seen_broken = any(topic == t["dead"] and raw_bytes(doc) == broken for topic, doc in got)
+        return len(outputs(got)) == 4 and seen_broken
+
+    got = _consume(bootstrap, [t["out"], t["spam"], t["dead"]], 100_000, until=complete)
+    mine = outputs(got)
+    assert len(mine) == 4, log_tail(worker["log"])
+    subjects = {doc["email"]["subject"] for _, doc in mine.values()}
+    assert subjects == {
+        "Q3 shipping report attached",
+        "CONGRATULATIONS! You won a $1000 gift card",
+        "Menu du jour à partir de lundi",
+        "季度总结会通知",
+    }
+    for topic, doc in mine.values():
+        assert doc["id"] == doc["email"]["message_id"]  # the Message-ID is the default id
+        assert doc["email"]["from"] and doc["email"]["date"]
+        assert set(doc["results"]) == set(HEADS)
+        assert (topic == t["spam"]) == (doc["results"]["spam"]["label"] == "spam")
+    dead = [doc for topic, doc in got if topic == t["dead"] and doc["error"] == "email_malformed"]
+    assert any(raw_bytes(doc) == broken for doc in dead)
+
+
+def test_sigterm_stops_cleanly(worker: dict[str, Any]) -> None:  # last: it stops the module's worker
     proc = worker["proc"]
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=60) == 0, log_tail(worker["log"])

@@ -109,7 +109,7 @@ def test_valid_inputs_match_the_input_schema_and_encode_valid_outputs(raw: bytes
 
 def test_the_demo_feed_matches_the_input_schema() -> None:
     validator = _validator("input")
-    for name in ("news.jsonl", "email.jsonl"):
+    for name in ("news.jsonl", "email.jsonl", "email_mime.jsonl"):
         for line in (ROOT / "bertstream" / "demo" / "data" / name).read_text().splitlines():
             if line.strip():
                 validator.validate(json.loads(line))
