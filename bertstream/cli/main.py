@@ -13,7 +13,7 @@ import worker.main
 from bertstream.bench.main import bench
 from bertstream.cli import training
 from bertstream.cli.status import status
-from worker.config import load_settings
+from worker.config import load_pipelines, load_settings, select_pipelines
 from worker.errors import clear_errors
 from worker.model import build_model
 
@@ -130,14 +130,38 @@ def broker(host: str, port: int, tls_cert: Path | None, tls_key: Path | None, tl
     "--model-dir", type=click.Path(path_type=Path), help="Hugging Face model directory  [env BERTSTREAM_MODEL_DIR]"
 )
 @click.option("--batch-size", type=int, default=64, show_default=True, help="Texts per model call.")
+@click.option(
+    "--pipeline",
+    "-p",
+    "pipeline_name",
+    help="Run this pipeline of the pipelines file instead (its heads and input handling, e-mail "
+    "included): each line gives the worker's output event or dead letter.",
+)
+@click.option(
+    "--pipelines-file", type=click.Path(path_type=Path), help="TOML pipelines file  [env BERTSTREAM_PIPELINES_FILE]"
+)
 @clear_errors
-def predict(source: TextIO, heads: str, model_dir: Path | None, batch_size: int) -> None:
+def predict(
+    source: TextIO,
+    heads: str,
+    model_dir: Path | None,
+    batch_size: int,
+    pipeline_name: str | None,
+    pipelines_file: Path | None,
+) -> None:
     """Classify texts from SOURCE (a file, or - for stdin): JSONL results on stdout, in input order.
 
     A line that is a JSON object with a "text" field is read as an event; any other line is the text.
-    No broker or Redis is needed.
+    With --pipeline, lines are events in the worker's contract ("text", "email" or "email_b64") or
+    plain text, and each output line is the worker's output event. No broker or Redis is needed.
     """
-    settings = load_settings(model_dir=model_dir)
+    settings = load_settings(model_dir=model_dir, pipelines_file=pipelines_file)
+    if pipeline_name:
+        from bertstream.offline import predict_pipeline
+
+        [pipeline] = select_pipelines(load_pipelines(settings.pipelines_file), [pipeline_name])
+        predict_pipeline(settings, pipeline, _lines(source), batch_size, click.echo)
+        return
     model = build_model(settings, [h.strip() for h in heads.split(",") if h.strip()])
     lines = list(_lines(source))
     for start in range(0, len(lines), batch_size):
