@@ -21,6 +21,17 @@ os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
+# Options the worker shares with the tools' commands: one definition, one help text.
+brokers_option = click.option(
+    "--brokers", help="Kafka bootstrap servers host:port[,...]  [env BERTSTREAM_KAFKA_BROKERS]"
+)
+pipelines_file_option = click.option(
+    "--pipelines-file", type=click.Path(path_type=Path), help="TOML pipelines file  [env BERTSTREAM_PIPELINES_FILE]"
+)
+model_dir_option = click.option(
+    "--model-dir", type=click.Path(path_type=Path), help="Hugging Face model directory  [env BERTSTREAM_MODEL_DIR]"
+)
+
 
 @click.command("worker", context_settings=CONTEXT)
 @click.option(
@@ -32,14 +43,10 @@ CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
     show_default=True,
     help="Pipeline to run (repeatable); 'all' runs every pipeline of the pipelines file.",
 )
-@click.option("--brokers", help="Kafka bootstrap servers host:port[,...]  [env BERTSTREAM_KAFKA_BROKERS]")
+@brokers_option
 @click.option("--redis-url", help="Redis URL, AUTH and TLS included  [env BERTSTREAM_REDIS_URL]")
-@click.option(
-    "--pipelines-file", type=click.Path(path_type=Path), help="TOML pipelines file  [env BERTSTREAM_PIPELINES_FILE]"
-)
-@click.option(
-    "--model-dir", type=click.Path(path_type=Path), help="Hugging Face model directory  [env BERTSTREAM_MODEL_DIR]"
-)
+@pipelines_file_option
+@model_dir_option
 @click.option("--batch-size", type=int, help="Largest micro-batch  [env BERTSTREAM_BATCH_SIZE]")
 @click.option(
     "--batch-window",

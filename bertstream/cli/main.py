@@ -15,6 +15,7 @@ from bertstream.cli import training
 from bertstream.cli.status import status
 from worker.config import load_pipelines, load_settings, select_pipelines
 from worker.errors import clear_errors
+from worker.main import brokers_option, model_dir_option, pipelines_file_option
 from worker.model import build_model
 
 
@@ -46,7 +47,7 @@ def _lines(source: TextIO) -> Any:
     show_default=True,
     help="jsonl: each line is sent as it is; text: each line becomes {\"text\": line}; auto: jsonl if a line starts with '{'.",
 )
-@click.option("--brokers", help="Kafka bootstrap servers  [env BERTSTREAM_KAFKA_BROKERS]")
+@brokers_option
 @clear_errors
 def produce(source: TextIO, topic: str, fmt: str, brokers: str | None) -> None:
     """Send JSONL events or text lines from SOURCE (a file, or - for stdin) to a topic."""
@@ -59,7 +60,7 @@ def produce(source: TextIO, topic: str, fmt: str, brokers: str | None) -> None:
 
 @cli.command()
 @click.argument("topic")
-@click.option("--brokers", help="Kafka bootstrap servers  [env BERTSTREAM_KAFKA_BROKERS]")
+@brokers_option
 @click.option(
     "--from-beginning/--from-end", default=True, show_default=True, help="Start at the earliest or the latest offset."
 )
@@ -126,9 +127,7 @@ def broker(host: str, port: int, tls_cert: Path | None, tls_key: Path | None, tl
     show_default=True,
     help="Comma-separated heads: names of committed heads or head directories.",
 )
-@click.option(
-    "--model-dir", type=click.Path(path_type=Path), help="Hugging Face model directory  [env BERTSTREAM_MODEL_DIR]"
-)
+@model_dir_option
 @click.option("--batch-size", type=int, default=64, show_default=True, help="Texts per model call.")
 @click.option(
     "--pipeline",
@@ -137,9 +136,7 @@ def broker(host: str, port: int, tls_cert: Path | None, tls_key: Path | None, tl
     help="Run this pipeline of the pipelines file instead (its heads and input handling, e-mail "
     "included): each line gives the worker's output event or dead letter.",
 )
-@click.option(
-    "--pipelines-file", type=click.Path(path_type=Path), help="TOML pipelines file  [env BERTSTREAM_PIPELINES_FILE]"
-)
+@pipelines_file_option
 @clear_errors
 def predict(
     source: TextIO,

@@ -19,6 +19,7 @@ from typing import Any
 import click
 
 from worker.config import Pipeline, Settings
+from worker.main import brokers_option, pipelines_file_option
 
 HIGHWATER_TIMEOUT_S = 10.0
 
@@ -277,11 +278,9 @@ def render(rows: Sequence[dict[str, Any]]) -> str:
     metavar="URL",
     help="A worker's metrics page, e.g. http://127.0.0.1:6066/metrics (repeatable: the workers are summed).",
 )
-@click.option("--brokers", help="Kafka bootstrap servers  [env BERTSTREAM_KAFKA_BROKERS]")
+@brokers_option
 @click.option("--group-id", help="Consumer group of the workers  [env BERTSTREAM_GROUP_ID]")
-@click.option(
-    "--pipelines-file", type=click.Path(path_type=Path), help="TOML pipelines file  [env BERTSTREAM_PIPELINES_FILE]"
-)
+@pipelines_file_option
 @click.option(
     "--interval",
     "interval_s",

@@ -3,12 +3,26 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
-from click.testing import CliRunner
-
-from bertstream.cli.main import cli
 from tests.unit.test_email_input import message
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def bertstream(*args: str, stdin: str) -> subprocess.CompletedProcess[str]:
+    """The command line as a user runs it (nothing imports the CLI module)."""
+    return subprocess.run(
+        [sys.executable, "-m", "bertstream.cli.main", *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=300,
+        check=False,
+    )
 
 
 def test_predict_runs_a_pipeline_with_its_input_handling(tmp_path: Path) -> None:
@@ -21,10 +35,10 @@ def test_predict_runs_a_pipeline_with_its_input_handling(tmp_path: Path) -> None
         json.dumps({"email": message().as_string(), "metadata": {"k": 1}}),
         '{"text": ',
     ]
-    result = CliRunner().invoke(
-        cli, ["predict", "--pipeline", "mail", "--pipelines-file", str(pipelines)], input="\n".join(lines) + "\n"
+    result = bertstream(
+        "predict", "--pipeline", "mail", "--pipelines-file", str(pipelines), stdin="\n".join(lines) + "\n"
     )
-    assert result.exit_code == 0, result.output
+    assert result.returncode == 0, result.stderr
     docs = [json.loads(line) for line in result.stdout.splitlines()]
     assert len(docs) == 3  # one line per input line, the events alone on stdout
     assert docs[0]["id"] == "stdin:0:0" and set(docs[0]["results"]) == {"spam", "sentiment"}
@@ -35,5 +49,6 @@ def test_predict_runs_a_pipeline_with_its_input_handling(tmp_path: Path) -> None
 
 
 def test_predict_names_an_unknown_pipeline(tmp_path: Path) -> None:
-    result = CliRunner().invoke(cli, ["predict", "--pipeline", "nope"], input="hi\n")
-    assert result.exit_code == 2 and "unknown pipeline 'nope'" in result.output
+    result = bertstream("predict", "--pipeline", "nope", stdin="hi\n")
+    assert result.returncode == 2 and "unknown pipeline 'nope'" in result.stderr
+    assert result.stderr.count("\n") == 1  # one line, no traceback
