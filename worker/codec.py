@@ -22,6 +22,7 @@ import json
 import math
 import unicodedata
 from dataclasses import asdict, dataclass, field
+from decimal import Decimal
 from typing import Any
 
 from worker.email_input import EmailError, parse_email
@@ -71,12 +72,11 @@ def _reject_constant(name: str) -> None:
     raise DecodeError("invalid_json", f"{name} is not valid JSON")
 
 
-def _parse_float(literal: str) -> float:
-    value = float(literal)
-    if math.isinf(value):
-        # 1e999 parses to inf, which json.dumps would write back as the non-JSON `Infinity`.
+def _parse_float(literal: str) -> Decimal:
+    """Numbers with a fraction or exponent stay decimal, so that metadata passes through exactly."""
+    if math.isinf(float(literal)):  # 1e999: out of any consumer's float range
         raise DecodeError("invalid_json", f"number {literal[:40]} is out of range")
-    return value
+    return Decimal(literal)
 
 
 def _depth(value: Any, limit: int) -> int:
@@ -97,10 +97,22 @@ def _depth(value: Any, limit: int) -> int:
 def _encodable(value: Any) -> bool:
     """Every string in it (object keys included) encodes to UTF-8: no lone surrogate escapes."""
     try:
-        json.dumps(value, ensure_ascii=False).encode("utf-8")
+        _json_text(value).encode("utf-8")
     except UnicodeEncodeError:
         return False
     return True
+
+
+def _json_text(value: Any) -> str:
+    """Compact JSON like json.dumps, but a decimal is written as it was read (json.dumps would
+    go through a binary float: 12345678901234567.89 became 1.2345678901234568e16)."""
+    if isinstance(value, Decimal):
+        return str(value)
+    if isinstance(value, dict):
+        return "{" + ",".join(f"{_json_text(str(k))}:{_json_text(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, list | tuple):
+        return "[" + ",".join(_json_text(v) for v in value) + "]"
+    return json.dumps(value, ensure_ascii=False)
 
 
 def _has_words(text: str) -> bool:
@@ -250,12 +262,12 @@ def encode_output(
         "cached": cached,
         "truncated": truncated,
         "source": asdict(event.source),
-        "metadata": event.metadata,
         "latency_ms": round(latency_ms, 2),
     }
     if event.email is not None:
         doc["email"] = event.email
-    return _dumps(doc)
+    # The metadata is written by _json_text: its numbers pass through exactly as they came in.
+    return _dumps(doc)[:-1] + b',"metadata":' + _json_text(event.metadata).encode("utf-8") + b"}"
 
 
 def _raw_field(raw: bytes) -> tuple[str, str]:

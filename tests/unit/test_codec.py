@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from decimal import Decimal
 from pathlib import Path
 
 import pytest
@@ -288,3 +289,21 @@ def test_fuzz_text_field(text: str) -> None:
     except DecodeError:
         return
     assert event.text == text
+
+
+def test_metadata_numbers_pass_through_exactly() -> None:
+    """Floats were re-serialized through binary floating point: 12345678901234567.89 came out
+    as 1.2345678901234568e16. The output now says what the input said."""
+    raw = (
+        b'{"text": "hello", "metadata": {"amount": 12345678901234567.89, "rate": 0.1, "tiny": 2.5e-300,'
+        b' "list": [1.10, -0.0, 3], "big": 123456789012345678901234567890}}'
+    )
+    event = decode(raw, SRC)
+    out = encode_output(event, {}, {"name": "m", "version": "v"}, cached=False, truncated=False, latency_ms=0)
+    text = out.decode()
+    for literal in ("12345678901234567.89", "0.1", "1.10", "-0.0", "123456789012345678901234567890"):
+        assert literal in text, literal
+    assert "2.5E-300" in text or "2.5e-300" in text
+    doc = json.loads(out, parse_float=Decimal)
+    assert doc["metadata"]["amount"] == Decimal("12345678901234567.89")
+    assert doc["metadata"]["list"][0] == Decimal("1.10")
