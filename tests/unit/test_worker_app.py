@@ -166,3 +166,29 @@ def test_revoked_partitions_leave_the_lag_bookkeeping(classifier: Classifier, pi
     app._processed = {("n.raw", 0): 10, ("n.raw", 1): 20}
     app.forget_partitions({tp("n.raw", 0)})
     assert app._processed == {("n.raw", 1): 20}
+
+
+def test_a_batch_is_held_while_the_model_is_unavailable(
+    classifier: Classifier, pipelines: list[Pipeline], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No dead letters and no ack while the model fails: the same batch is tried until it goes through."""
+    import asyncio
+
+    import worker.app
+    from worker.model_pool import ModelUnavailable
+
+    app = WorkerApp(load_settings(web_port=0, cache_ttl_s=0), pipelines, classifier)
+    attempts: list[int] = []
+
+    class Flaky:
+        pipeline = pipelines[0]
+
+        async def process(self, records: list) -> list:
+            attempts.append(len(records))
+            if len(attempts) < 3:
+                raise ModelUnavailable("CUDA error")
+            return ["classified"] * len(records)
+
+    monkeypatch.setattr(worker.app, "MODEL_RETRY_S", 0.01)
+    assert asyncio.run(app._classify(Flaky(), ["r1", "r2"])) == ["classified", "classified"]
+    assert attempts == [2, 2, 2]  # the whole batch each time, nothing dead-lettered in between
