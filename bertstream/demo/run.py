@@ -7,6 +7,7 @@ import signal
 import subprocess
 import tempfile
 import time
+import unicodedata
 import uuid
 from contextlib import ExitStack
 from dataclasses import dataclass, field
@@ -92,9 +93,25 @@ def _run_pass(
     return result
 
 
+def _columns(ch: str) -> int:
+    """Terminal columns of a character: CJK and other wide characters take two."""
+    return 2 if unicodedata.east_asian_width(ch) in "WF" else 1
+
+
 def _short(text: str, width: int) -> str:
+    """The text on one line, cut to `width` terminal columns."""
     text = " ".join(text.split())
-    return text if len(text) <= width else text[: width - 1] + "…"
+    if sum(map(_columns, text)) > width:
+        while sum(map(_columns, text)) > width - 1:
+            text = text[:-1]
+        text += "…"
+    return text
+
+
+def _cell(text: str, width: int) -> str:
+    """A table cell: cut, then padded to exactly `width` columns (a CJK character takes two)."""
+    text = _short(text, width)
+    return text + " " * (width - sum(map(_columns, text)))
 
 
 def _print_table(title: str, rows: list[tuple[str, dict[str, Any]]]) -> None:
@@ -106,7 +123,7 @@ def _print_table(title: str, rows: list[tuple[str, dict[str, Any]]]) -> None:
             f"{'topic' if task.endswith('_topic') else task}={_short(r['label'], 24)} ({r['score']:.2f})"
             for task, r in out["results"].items()
         )
-        click.echo(f"{_short(text, 48):<48}  {_short(labels, 84):<84}  {'yes' if out['cached'] else 'no'}")
+        click.echo(f"{_cell(text, 48)}  {_cell(labels, 84)}  {'yes' if out['cached'] else 'no'}")
 
 
 def run_demo(events: int = 300, rows: int = 12) -> None:
