@@ -72,6 +72,12 @@ def logging_flush() -> None:
             pass
 
 
+def buffered_events(settings: Settings) -> int:
+    """Faust's buffer counts events: as many as fit BERTSTREAM_BUFFER_BYTES at the largest event
+    size, at least 4 batches (fewer starve the model), at most Faust's default of 4096."""
+    return max(4 * settings.batch_size, min(4096, settings.buffer_bytes // settings.max_event_bytes))
+
+
 async def _outcome(handed: Any) -> BaseException | None:
     """None once a handed-over message is delivered, else why it was not."""
     if isinstance(handed, BaseException):
@@ -136,8 +142,9 @@ class WorkerApp:
             producer_max_request_size=PRODUCER_MAX_REQUEST_BYTES,
             producer_request_timeout=PRODUCER_REQUEST_TIMEOUT_S,
             topic_allow_declare=False,
-            # Bounded memory: a few batches buffered per stream, one event's size per partition fetch.
-            stream_buffer_maxsize=4 * settings.batch_size,
+            # Bounded memory: events buffered per stream within BERTSTREAM_BUFFER_BYTES (at the largest
+            # event size), one event's size per partition fetch. Faust's default is 4096 events.
+            stream_buffer_maxsize=buffered_events(settings),
             consumer_max_fetch_size=settings.max_event_bytes + 65_536,
             topic_disable_leader=True,
             web_enabled=settings.web_port > 0,

@@ -91,6 +91,7 @@ class Settings(BaseSettings):
     model_instances: int = Field(0, ge=0)  # batches in the model at once, one thread each; 0: one per core (1 on CUDA)
     max_windows: int = Field(8, ge=1)  # cap on 256-token windows read per text
     max_event_bytes: int = Field(DEFAULT_MAX_EVENT_BYTES, ge=1024)
+    buffer_bytes: int = Field(512 * 2**20, ge=2**20)  # events buffered per stream, at most this many bytes of them
     model_failure_limit: int = Field(3, ge=1)  # batches held in a row (the model fails on all) before not ready
 
     batch_size: int = Field(64, ge=1)

@@ -154,8 +154,10 @@ def test_buffered_and_fetched_bytes_are_bounded(classifier: Classifier, pipeline
     1 MB events could hold gigabytes before the size check."""
     settings = load_settings(web_port=0, cache_ttl_s=0, batch_size=32)
     conf = WorkerApp(settings, pipelines, classifier).app.conf
-    assert conf.stream_buffer_maxsize <= 4 * settings.batch_size
+    assert conf.stream_buffer_maxsize * settings.max_event_bytes <= settings.buffer_bytes  # 512 MiB at 1 MB events
     assert conf.consumer_max_fetch_size <= 2 * settings.max_event_bytes
+    small = load_settings(web_port=0, cache_ttl_s=0, batch_size=32, max_event_bytes=16_384)
+    assert WorkerApp(small, pipelines, classifier).app.conf.stream_buffer_maxsize == 4096  # Faust's default
 
 
 def test_revoked_partitions_leave_the_lag_bookkeeping(classifier: Classifier, pipelines: list[Pipeline]) -> None:
