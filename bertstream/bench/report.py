@@ -30,6 +30,11 @@ def ratios(report: dict[str, Any]) -> dict[str, float | None]:
             _get(report, "model_only", "precisions", "fp32", "batch64", "events_per_s"),
         ),
         "D_over_C": div(_get(report, "D", "events_per_s"), c),
+        # The streaming overhead in CPU, which holds on any machine: worker CPU per event in C
+        # (from /proc) over the model's CPU per event in B (process time, all threads).
+        "C_cpu_over_B_cpu": div(
+            _get(report, "C", "worker", "cpu_seconds_per_event"), _get(report, "B", "cpu_seconds_per_event")
+        ),
         "B_again_over_B": div(_get(report, "B_again", "events_per_s"), _get(report, "B", "events_per_s")),
         "B_over_one_instance": div(
             _get(report, "B", "events_per_s"), _get(report, "model_only", "other_plan", "events_per_s")
@@ -69,6 +74,8 @@ def targets(report: dict[str, Any]) -> list[dict[str, Any]]:
 
     add("C/A (worker vs naive loop)", ">= 10x", r.get("C_over_A"), cmp(r.get("C_over_A"), lambda v: v >= 10), "x")
     add("C/B (streaming overhead)", ">= 0.8", r.get("C_over_B"), cmp(r.get("C_over_B"), lambda v: v >= 0.8))
+    cpu = r.get("C_cpu_over_B_cpu")
+    add("CPU-seconds per event, C over B", "<= 1.2", cpu, cmp(cpu, lambda v: v <= 1.2))
     add(
         "B / fp32 batch 64",
         ">= 2.5x",
@@ -161,6 +168,12 @@ def format_table(report: dict[str, Any]) -> str:
     lines.append("")
     r = report.get("ratios", {})
     lines.append("ratios: " + ", ".join(f"{k} {v:.2f}" for k, v in r.items() if v is not None))
+    b_cpu, c_cpu = _get(report, "B", "cpu_seconds_per_event"), _get(report, "C", "worker", "cpu_seconds_per_event")
+    if b_cpu and c_cpu:
+        lines.append(
+            f"CPU per event: B {1000 * b_cpu:.2f} ms (the model's process), C {1000 * c_cpu:.2f} ms "
+            f"(the worker process, from /proc), C/B {c_cpu / b_cpu:.2f}"
+        )
     drift = r.get("B_again_over_B")
     if drift is not None and not 0.8 <= drift <= 1.25:
         lines.append(

@@ -246,6 +246,7 @@ class StreamBench:
             # tail after the last output, up to the /metrics read).
             result.setdefault("worker", {})["cpu_seconds"] = round(cpu_after - cpu_before, 3)
             result["worker"]["cores_busy"] = round((cpu_after - cpu_before) / seconds, 3)
+            result["worker"]["cpu_seconds_per_event"] = round((cpu_after - cpu_before) / len(values), 6)
         return result
 
     def paced(self, texts: list[str], rate: float, label: str) -> dict[str, Any]:

@@ -63,12 +63,17 @@ def test_bench_end_to_end_path(kafka_bootstrap: str, redis_url: str, tmp_path: P
         assert point[key] > 0, key
     assert point["p50_ms"] <= point["p95_ms"] <= point["p99_ms"]
     assert stream["worker_peak_rss_mb"] > 0
+    assert stream["C"]["worker"]["cpu_seconds_per_event"] > 0  # the worker's CPU from /proc
     assert stream["dead_letters"] == 0
 
     report = {"meta": {"device": "cpu"}, "C": stream.pop("C"), "D": stream.pop("D"), **stream}
     report["ratios"] = ratios(report)
+    report["B"] = {"events_per_s": 100.0, "cpu_seconds_per_event": 0.004}  # B is the model suite's, not run here
+    report["ratios"] = ratios(report)
     report["targets"] = targets(report)
-    assert {t["target"].split(" ")[0] for t in report["targets"]} >= {"C/A", "C/B", "D"}
+    assert {t["target"].split(" ")[0] for t in report["targets"]} >= {"C/A", "C/B", "D", "CPU-seconds"}
+    assert report["ratios"]["C_cpu_over_B_cpu"] == round(report["C"]["worker"]["cpu_seconds_per_event"] / 0.004, 3)
+    assert "CPU per event: B 4.00 ms" in format_table(report)
     out = tmp_path / "bench.json"
     png = write_report(report, out)
     assert json.loads(out.read_text())["C"]["events"] == 30

@@ -33,3 +33,11 @@ def test_run_base_suite_reports_each_precision() -> None:
     assert all(v["events_per_s"] > 0 and v["texts"] >= 4 for v in out["precisions"].values())
     assert len(seen) == 2
     assert all(v["instances"] == 2 for v in out["precisions"].values())  # the worker's plan, passed in
+
+
+def test_model_throughput_reports_cpu_seconds_per_event() -> None:
+    from bertstream.bench.model import throughput
+
+    classifier = base_sized_classifier("fp32", ["spam"], "cpu")
+    figure = throughput(classifier, ["a short text", "another one"], ["spam"], batch=2, min_seconds=0.01, instances=1)
+    assert figure["texts"] >= 2 and figure["cpu_seconds_per_event"] > 0
