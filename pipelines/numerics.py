@@ -14,12 +14,19 @@ from transformers import PreTrainedModel
 PRECISIONS = ("auto", "fp32", "bf16", "fp16", "int8")
 
 
+class DeviceUnavailable(RuntimeError):
+    """The requested device is not on this host."""
+
+
 def resolve_device(requested: str) -> torch.device:
     if requested == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(requested)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"device {requested!r} requested but CUDA is not available: use --device cpu or auto")
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if (device.index or 0) >= count:
+            found = f"{count} CUDA device(s)" if count else "no CUDA device"
+            raise DeviceUnavailable(f"device {requested!r} requested but this host has {found}")
     return device
 
 

@@ -127,7 +127,7 @@ class ResultCache:
             return [None] * len(keys)
         self._set_degraded(False, op="write")
         entries = [v.decode("utf-8") if isinstance(v, bytes) else str(v) for v in found]
-        return [(e.rpartition("|")[0], e.rpartition("|")[2]) if "|" in e else (e, "claimed") for e in entries]
+        return [_journal_entry(e) for e in entries]
 
     async def journal_settle(self, entries: list[tuple[str, str, bool]]) -> None:
         """(key, source, delivered) per id: delivered ids are kept, the others released."""
@@ -166,6 +166,12 @@ def results_match(results: Any, labels: dict[str, list[str]]) -> bool:
         if not all(isinstance(v, int | float) and not isinstance(v, bool) and 0.0 <= v <= 1.0 for v in values):
             return False
     return True
+
+
+def _journal_entry(entry: str) -> tuple[str, str]:
+    """(source, state) of a journal value "source|state"; a value without a state is a claim."""
+    source, sep, state = entry.rpartition("|")
+    return (source, state) if sep else (entry, "claimed")
 
 
 def _load(value: bytes | None) -> dict[str, Any] | None:

@@ -45,7 +45,9 @@ class ModelPool:
         self.free = {name: asyncio.Semaphore(instances) for name in pipelines}
 
     def _free(self, pipeline: str) -> asyncio.Semaphore:
-        return self.free.setdefault(pipeline, asyncio.Semaphore(self.instances))
+        if pipeline not in self.free:  # a pipeline not named at construction (tools, tests)
+            self.free[pipeline] = asyncio.Semaphore(self.instances)
+        return self.free[pipeline]
 
     async def acquire(self, pipeline: str) -> None:
         """Wait for one of the pipeline's instances; the caller releases it once its batch has run."""

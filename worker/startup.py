@@ -24,16 +24,13 @@ class ServiceUnavailable(StartupError):
 def check_device(settings: Settings) -> None:
     """A CUDA device that this host does not have stops the worker before the model loads."""
     if not settings.device.startswith("cuda"):
-        return
-    import torch
+        return  # cpu and auto are always there (and need no torch import here)
+    from pipelines.numerics import DeviceUnavailable, resolve_device
 
-    index = int(settings.device.partition(":")[2] or 0)
-    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    if index >= count:
-        found = f"{count} CUDA device(s)" if count else "no CUDA device"
-        raise StartupError(
-            f"BERTSTREAM_DEVICE={settings.device} but this host has {found}: set BERTSTREAM_DEVICE=cpu or auto"
-        )
+    try:
+        resolve_device(settings.device)
+    except DeviceUnavailable as exc:
+        raise StartupError(f"BERTSTREAM_DEVICE: {exc}: set BERTSTREAM_DEVICE=cpu or auto") from None
 
 
 def check_broker(settings: Settings, topics: list[str], timeout_s: float = 15.0) -> None:

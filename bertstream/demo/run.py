@@ -101,10 +101,13 @@ def _columns(ch: str) -> int:
 def _short(text: str, width: int) -> str:
     """The text on one line, cut to `width` terminal columns."""
     text = " ".join(text.split())
-    if sum(map(_columns, text)) > width:
-        while sum(map(_columns, text)) > width - 1:
-            text = text[:-1]
-        text += "…"
+    if sum(map(_columns, text)) <= width:
+        return text
+    used = 0
+    for end, ch in enumerate(text):  # keep what fits in width - 1 columns, then the ellipsis
+        used += _columns(ch)
+        if used > width - 1:
+            return text[:end] + "…"
     return text
 
 
