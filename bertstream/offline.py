@@ -11,7 +11,7 @@ from worker.cache import ResultCache
 from worker.codec import Source
 from worker.config import Pipeline, Settings
 from worker.logs import setup_logging
-from worker.model import build_model
+from worker.model import build_models
 from worker.model_pool import ModelPool
 from worker.processor import BatchProcessor, Record
 
@@ -25,7 +25,7 @@ def predict_pipeline(
     event in the worker's JSON contract when it starts with '{', else the text itself. Logs go
     to stderr, so that stdout holds the events alone."""
     setup_logging(settings.log_level, settings.log_format)
-    model = build_model(settings, pipeline.heads)
+    model = build_models(settings, [pipeline])[pipeline.name]
     pool = ModelPool(model.instances, [pipeline.name])
     processor = BatchProcessor(pipeline, model, ResultCache(None, 0), pool, settings.max_event_bytes)
 

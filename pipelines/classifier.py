@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
+from typing import Any, Protocol
 
 import torch
 
@@ -13,6 +14,14 @@ from pipelines.model import Prediction
 from pipelines.registry import ModelNotFoundError, resolve_head_dir, task_name
 
 
+class Answers(Protocol):
+    """A knowledge base (`pipelines.answers.KnowledgeBase`): answers from question embeddings."""
+
+    version: str
+
+    def answer(self, vectors: torch.Tensor) -> list[dict[str, Any]]: ...
+
+
 @dataclass
 class Prepared:
     texts: list[str]
@@ -20,7 +29,7 @@ class Prepared:
 
 
 class Classifier:
-    """One shared encoder pass feeds every head.
+    """One shared encoder pass feeds every head, and the knowledge base when there is one.
 
     Heads are keyed by their reference as configured (a committed head's name or a directory), so
     that two heads whose directories share a base name stay apart; results are keyed by task name
@@ -30,30 +39,41 @@ class Classifier:
     name: str
     instances: int
 
-    def __init__(self, encoder: Encoder, heads: dict[str, Head], head_versions: dict[str, str] | None = None) -> None:
-        if not heads:
+    def __init__(
+        self,
+        encoder: Encoder,
+        heads: dict[str, Head],
+        head_versions: dict[str, str] | None = None,
+        *,
+        answers: Answers | None = None,
+        embedding: bool = False,
+    ) -> None:
+        if not heads and answers is None:
             raise ModelNotFoundError("no heads configured")
         for name, head in heads.items():
-            if head.spec.input_dim != encoder.hidden_size:
-                raise ModelNotFoundError(
-                    f"head {name!r} expects {head.spec.input_dim}-dim features but the encoder gives {encoder.hidden_size}: "
-                    "train it on this model with `bertstream train`"
-                )
+            _check_encoder(name, head, encoder)
         self.encoder = encoder
         self.name = encoder.name
         self.instances = encoder.instances
         self.heads = {name: head.eval() for name, head in heads.items()}
-        self.layers = tuple(sorted({layer for h in heads.values() for layer in h.spec.layers}))
+        self.answers = answers
+        self.embedding = embedding
+        needs_vector = answers is not None or embedding
+        self.layers = tuple(
+            sorted({layer for h in heads.values() for layer in h.spec.layers} | ({-1} if needs_vector else set()))
+        )
         versions = head_versions or {name: "in-memory" for name in heads}
         self._versions = versions
 
     @classmethod
-    def load(cls, encoder: Encoder, head_names: list[str]) -> Classifier:
+    def load(
+        cls, encoder: Encoder, head_names: list[str], *, answers: Answers | None = None, embedding: bool = False
+    ) -> Classifier:
         heads: dict[str, Head] = {}
         versions: dict[str, str] = {}
         for ref in dict.fromkeys(head_names):
             heads[ref], versions[ref] = load_head(resolve_head_dir(ref))
-        return cls(encoder, heads, versions)
+        return cls(encoder, heads, versions, answers=answers, embedding=embedding)
 
     @property
     def labels(self) -> dict[str, list[str]]:
@@ -63,6 +83,10 @@ class Classifier:
         """A content hash of the encoder weights and the heads used: in every output and cache key."""
         refs = sorted(self._refs(tasks))
         parts = [self.encoder.version] + [f"{r}={self._versions[r]}" for r in refs]
+        if self.answers is not None:
+            parts.append(f"answers={self.answers.version}")
+        if self.embedding:
+            parts.append("embedding")
         return hashlib.sha256("|".join(parts).encode()).hexdigest()[:12]
 
     def predict(self, texts: list[str], tasks: list[str] | None = None) -> list[Prediction]:
@@ -106,7 +130,15 @@ class Classifier:
         if not texts:
             return []
         encoded = self.encoder.encode_windows(prepared.windows, self.layers)
-        out = [Prediction({}, truncated) for truncated in encoded.truncated]
+        out = [Prediction({}, truncated, coverage) for truncated, coverage in zip(encoded.truncated, encoded.coverage)]
+        if self.answers is not None or self.embedding:
+            vectors = torch.nn.functional.normalize(encoded.features[-1], dim=1)
+            if self.answers is not None:
+                for prediction, found in zip(out, self.answers.answer(vectors)):
+                    prediction.extra.update(found)
+            if self.embedding:
+                for prediction, vector in zip(out, vectors.tolist()):
+                    prediction.extra["embedding"] = [round(x, 6) for x in vector]
         with torch.inference_mode():
             for ref in refs:
                 head, task = self.heads[ref], task_name(ref)
@@ -120,3 +152,18 @@ class Classifier:
                         "scores": {label: round(p, 6) for label, p in zip(labels, row)},
                     }
         return out
+
+
+def _check_encoder(name: str, head: Head, encoder: Encoder) -> None:
+    """A head answers only on the encoder it was trained on: same width, and the same weights
+    when the head records them (`files`, the content hash of the encoder's files)."""
+    trained = head.spec.encoder or {}
+    if head.spec.input_dim != encoder.hidden_size:
+        mismatch = f"expects {head.spec.input_dim}-dim features but the encoder gives {encoder.hidden_size}"
+    elif trained.get("files") and encoder.files != "in-memory" and trained["files"] != encoder.files:
+        mismatch = f"was trained on {trained.get('name')} ({trained['files']}), not on {encoder.name} ({encoder.files})"
+    else:
+        return
+    raise ModelNotFoundError(
+        f"head {name!r} {mismatch}: use it with the encoder it was trained on, or train it on this one with `bertstream train`"
+    )

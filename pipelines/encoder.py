@@ -8,6 +8,7 @@ mean-pooled over tokens, and the windows of one text are averaged weighted by th
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import threading
 from collections.abc import Iterator
@@ -55,6 +56,7 @@ class Encoded:
     truncated: list[bool]
     windows: int = 0
     tokens: int = 0
+    coverage: list[float] = field(default_factory=list)  # per text: share of read tokens the vocabulary knows
 
 
 @dataclass
@@ -62,6 +64,7 @@ class Windows:
     input_ids: list[list[int]]
     owner: list[int]  # text index of each window
     truncated: list[bool] = field(default_factory=list)
+    coverage: list[float] = field(default_factory=list)
 
 
 class Encoder:
@@ -78,9 +81,13 @@ class Encoder:
             model, tokenizer = _load(model_dir)
             self.name = _model_name(model_dir)
             files = file_digest(sorted(p for p in model_dir.iterdir() if p.is_file() and p.suffix in MODEL_FILES))
+            self.prompt = _prompt(model_dir)
         else:
             self.name = getattr(model.config, "_name_or_path", "") or "in-memory"
             files = "in-memory"
+            self.prompt = ""
+        # The weights, config and tokenizer alone: what a head is tied to (not how they run).
+        self.files = files
         self.device = resolve_device(settings.device)
         self.instances = resolve_instances(settings.instances, self.device)
         threads = intra_op_threads(settings.threads, self.instances, self.device)
@@ -96,6 +103,8 @@ class Encoder:
         self.version = files if files == "in-memory" else hashlib.sha256(f"{files}|{how}".encode()).hexdigest()[:12]
         self.tokenizer = tokenizer
         self.pad_id: int = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        self.unk_id: int | None = tokenizer.unk_token_id
+        self.special_ids = set(tokenizer.all_special_ids) - {self.unk_id}
         self.hidden_size: int = model.config.hidden_size
         self.num_layers: int = model.config.num_hidden_layers
         # Never read more characters than the window cap could hold (a 10 MB text costs nothing).
@@ -120,13 +129,19 @@ class Encoder:
             tokens += int(lengths.sum())
         weights.clamp_(min=1.0)
         features = {layer: sums[layer] / weights for layer in layers}
-        return Encoded(features, windows.truncated, len(windows.input_ids), tokens)
+        return Encoded(features, windows.truncated, len(windows.input_ids), tokens, windows.coverage)
+
+    def embed(self, texts: list[str]) -> torch.Tensor:
+        """[n_texts, hidden]: the sentence embedding (last layer, mean-pooled, L2-normalized)."""
+        if not texts:
+            return torch.zeros(0, self.hidden_size)
+        return torch.nn.functional.normalize(self.encode(texts).features[-1], dim=1)
 
     def windows(self, texts: list[str]) -> Windows:
         """Tokenize into capped overlapping windows. Separate from the model pass so that a
         caller can tokenize the next batch on another thread while the model runs this one."""
         s = self.settings
-        clipped = [t[: self.max_chars] for t in texts]
+        clipped = [self.prompt + t[: self.max_chars] for t in texts]
         with self._tokenizer_lock:
             enc = self.tokenizer(
                 clipped,
@@ -142,6 +157,7 @@ class Encoder:
         owner: list[int] = []
         per_text = [0] * len(texts)
         truncated = [len(t) > self.max_chars for t in texts]
+        read, unknown = [0] * len(texts), [0] * len(texts)
         for ids, text_index in zip(enc["input_ids"], enc["overflow_to_sample_mapping"]):
             if per_text[text_index] >= s.max_windows:
                 truncated[text_index] = True
@@ -149,7 +165,11 @@ class Encoder:
             per_text[text_index] += 1
             input_ids.append(ids)
             owner.append(int(text_index))
-        return Windows(input_ids, owner, truncated)
+            content = [i for i in ids if i not in self.special_ids]
+            read[text_index] += len(content)
+            unknown[text_index] += sum(1 for i in content if i == self.unk_id)
+        coverage = [round(1.0 - u / r, 4) if r else 1.0 for r, u in zip(read, unknown)]
+        return Windows(input_ids, owner, truncated, coverage)
 
     def _batches(self, input_ids: list[list[int]]) -> Iterator[list[int]]:
         """Window indices grouped by length so that padding stays small and tokens stay in budget."""
@@ -212,6 +232,16 @@ def _load(model_dir: Path) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
         ) from exc
     model.eval()
     return model, tokenizer
+
+
+def _prompt(model_dir: Path) -> str:
+    """The text an encoder wants before every input (e5: "query: "), from the sentence-transformers
+    config's default prompt; "" when it names none."""
+    path = model_dir / "config_sentence_transformers.json"
+    if not path.is_file():
+        return ""
+    config = json.loads(path.read_text())
+    return (config.get("prompts") or {}).get(config.get("default_prompt_name") or "", "")
 
 
 def _model_name(model_dir: Path) -> str:

@@ -7,7 +7,7 @@ implements it; tests of the streaming code can use a small fake without torch.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 TaskResult = dict[str, Any]  # {"label": str, "score": float, "scores": {label: prob}}
@@ -17,6 +17,8 @@ TaskResult = dict[str, Any]  # {"label": str, "score": float, "scores": {label: 
 class Prediction:
     results: dict[str, TaskResult]
     truncated: bool
+    coverage: float = 1.0  # share of the read tokens that the vocabulary knows (not unknown)
+    extra: dict[str, Any] = field(default_factory=dict)  # top-level output fields: answer, candidates, embedding
 
 
 class Model(Protocol):

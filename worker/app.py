@@ -24,6 +24,7 @@ from worker.config import Pipeline, Settings
 from worker.connection import KafkaConnection
 from worker.faust_transport import Transport
 from worker.limits import PRODUCER_MAX_REQUEST_BYTES
+from worker.model import ModelSet
 from worker.model_pool import ModelPool, ModelUnavailable
 from worker.processor import BatchProcessor, Outgoing, Record
 from worker.reload import ModelReloader
@@ -104,12 +105,13 @@ class WorkerApp:
         self,
         settings: Settings,
         pipelines: list[Pipeline],
-        model: Model,
-        reloader: Callable[[Callable[[Model], None]], ModelReloader] | None = None,
+        model: Model | ModelSet,
+        reloader: Callable[[Callable[[ModelSet], None]], ModelReloader] | None = None,
     ) -> None:
         self.settings = settings
         self.pipelines = pipelines
-        self.model = model
+        self.model = model if isinstance(model, ModelSet) else ModelSet.shared(model, pipelines)
+        model = self.model
         self.processors: list[BatchProcessor] = []
         self._pipeline_by_input = {p.input: p.name for p in pipelines}
         self._processed: dict[tuple[str, int], int] = {}  # next offset after the last acked, per input partition
@@ -170,12 +172,12 @@ class WorkerApp:
         self._add_timers()
         metrics.MODEL_INFO.info({"name": model.name, "version": model.version()})
 
-    def use(self, model: Model) -> None:
-        """Swap in a new, warm model: batches already started finish with the old one."""
-        self.model = model
+    def use(self, model: Model | ModelSet) -> None:
+        """Swap in new, warm models: batches already started finish with the old ones."""
+        self.model = model if isinstance(model, ModelSet) else ModelSet.shared(model, self.pipelines)
         for processor in self.processors:
-            processor.use(model)
-        metrics.MODEL_INFO.info({"name": model.name, "version": model.version()})
+            processor.use(self.model[processor.pipeline.name])
+        metrics.MODEL_INFO.info({"name": self.model.name, "version": self.model.version()})
 
     def _add_timers(self) -> None:
         @self.app.timer(interval=self.settings.lag_interval_s)
@@ -230,7 +232,9 @@ class WorkerApp:
         return self.app.topic(name, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw")
 
     def _add_agent(self, pipeline: Pipeline) -> None:
-        processor = BatchProcessor(pipeline, self.model, self.cache, self.pool, self.settings.max_event_bytes)
+        processor = BatchProcessor(
+            pipeline, self.model[pipeline.name], self.cache, self.pool, self.settings.max_event_bytes
+        )
         self.processors.append(processor)
         settings, pool, name = self.settings, self.pool, pipeline.name
 
@@ -380,7 +384,8 @@ class WorkerApp:
             }
             ready = all(checks.values())
             return web.json(
-                {"ready": ready, "checks": checks, "model": self.model.version()}, status=200 if ready else 503
+                {"ready": ready, "checks": checks, "model": self.model.version(), "models": self.model.versions()},
+                status=200 if ready else 503,
             )
 
         @self.app.page("/metrics")

@@ -254,10 +254,17 @@ def encode_output(
     cached: bool,
     truncated: bool,
     latency_ms: float,
+    language: dict[str, Any] | None = None,
+    extra: dict[str, Any] | None = None,
 ) -> bytes:
-    doc = {
-        "id": event.id,
-        "results": results,
+    """`language`: {"code", "confidence", "coverage"}; `extra`: the model's top-level fields
+    (answer, candidates, embedding), the embedding written last as it is the largest."""
+    extra = dict(extra or {})
+    embedding = extra.pop("embedding", None)
+    doc: dict[str, Any] = {"id": event.id, "results": results, **extra}
+    if language is not None:
+        doc["language"] = language
+    doc |= {
         "model": model,
         "cached": cached,
         "truncated": truncated,
@@ -266,6 +273,8 @@ def encode_output(
     }
     if event.email is not None:
         doc["email"] = event.email
+    if embedding is not None:
+        doc["embedding"] = embedding
     # The metadata is written by _json_text: its numbers pass through exactly as they came in.
     return _dumps(doc)[:-1] + b',"metadata":' + _json_text(event.metadata).encode("utf-8") + b"}"
 

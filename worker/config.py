@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import tomllib
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -31,16 +31,44 @@ class Pipeline(BaseModel):
     input: str
     output: str
     dead_letter: str
-    heads: list[str] = Field(min_length=1)
+    model: str | None = None  # encoder: minilm | multilingual | a model directory; None: BERTSTREAM_MODEL_DIR or minilm
+    heads: list[str] = Field(default_factory=list)
     routes: list[Route] = Field(default_factory=list)
     input_format: Literal["json", "rfc822"] = "json"  # rfc822: each record value is a raw e-mail message
+    # Languages served (ISO 639-1 codes); [] serves all. Events in others are routed as they came
+    # (to other_languages_topic), dead-lettered as unsupported_language, or processed anyway.
+    languages: list[str] = Field(default_factory=list)
+    other_languages: Literal["route", "dead_letter", "process"] = "process"
+    other_languages_topic: str | None = None
+    # Answer retrieval: a JSONL knowledge base (relative paths: from the pipelines file's directory).
+    answers: Path | None = None
+    answer_threshold: float | None = Field(None, ge=-1.0, le=1.0)  # None: the knowledge base's default
+    answer_top_k: int = Field(3, ge=1, le=100)
+    unanswered: str | None = None  # topic for questions that got no answer; None: the output topic
+    embedding: bool = False  # add the normalized sentence vector to each output
 
-    def route_for(self, results: dict[str, dict]) -> str:
-        """The topic an enriched event goes to: the first matching route, else the output topic."""
+    def route_for(self, results: dict[str, dict], extra: dict[str, Any] | None = None) -> str:
+        """The topic an enriched event goes to: the unanswered topic for a question with no answer,
+        else the first matching route, else the output topic."""
+        if self.unanswered and extra is not None and "answer" in extra and extra["answer"] is None:
+            return self.unanswered
         for route in self.routes:
             if results.get(route.head, {}).get("label") == route.label:
                 return route.topic
         return self.output
+
+    def serves(self, language: str) -> bool:
+        return not self.languages or language in self.languages
+
+    @model_validator(mode="after")
+    def _something_to_do(self) -> Pipeline:
+        if not self.heads and self.answers is None:
+            raise ValueError("give heads, or answers (a knowledge base), or both")
+        if self.other_languages == "route" and not self.other_languages_topic:
+            raise ValueError('other_languages = "route" needs other_languages_topic')
+        if self.unanswered and self.answers is None:
+            raise ValueError("unanswered needs answers (a knowledge base)")
+        return self
 
     @model_validator(mode="after")
     def _distinct_tasks(self) -> Pipeline:
@@ -57,7 +85,8 @@ class Pipeline(BaseModel):
 
     @property
     def output_topics(self) -> list[str]:
-        return [self.output, self.dead_letter] + [r.topic for r in self.routes]
+        extra = [t for t in (self.unanswered, self.other_languages_topic) if t]
+        return list(dict.fromkeys([self.output, self.dead_letter] + [r.topic for r in self.routes] + extra))
 
 
 class Settings(BaseSettings):
@@ -175,6 +204,9 @@ def load_pipelines(path: Path) -> dict[str, Pipeline]:
     for name, table in tables.items():
         try:
             pipelines[name] = Pipeline(name=name, **table)
+            answers = pipelines[name].answers
+            if answers is not None and not answers.is_absolute():
+                pipelines[name].answers = Path(path).resolve().parent / answers
         except (ValidationError, TypeError) as exc:
             detail = exc.errors()[0] if isinstance(exc, ValidationError) else {"loc": (), "msg": str(exc)}
             where = ".".join(str(p) for p in detail["loc"])

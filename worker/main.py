@@ -12,7 +12,6 @@ from pathlib import Path
 
 import click
 
-from pipelines.model import Model
 from worker.config import Settings, load_pipelines, load_settings, select_pipelines
 from worker.errors import clear_errors
 
@@ -95,7 +94,7 @@ def run(settings: Settings, pipeline_names: list[str]) -> None:
 
     from worker.app import WorkerApp
     from worker.logs import setup_logging
-    from worker.model import build_model, model_files
+    from worker.model import ModelSet, build_models, model_files
     from worker.reload import ModelReloader
     from worker.startup import check_broker, check_device, check_redis
 
@@ -106,11 +105,10 @@ def run(settings: Settings, pipeline_names: list[str]) -> None:
     check_broker(settings, [t for p in pipelines for t in [p.input, *p.output_topics]])
     if settings.cache_ttl_s > 0:
         check_redis(settings)
-    heads = [h for p in pipelines for h in p.heads]
-    model = build_model(settings, heads)
+    model = build_models(settings, pipelines)
 
-    def reloader(apply: Callable[[Model], None]) -> ModelReloader:
-        return ModelReloader(lambda: build_model(settings, heads), lambda: model_files(settings, heads), apply)
+    def reloader(apply: Callable[[ModelSet], None]) -> ModelReloader:
+        return ModelReloader(lambda: build_models(settings, pipelines), lambda: model_files(settings, pipelines), apply)
 
     app = WorkerApp(settings, pipelines, model, reloader=reloader)
     model.warm_up()

@@ -38,3 +38,11 @@ MODEL_FAILING = Gauge(
 )
 MODEL_RELOADS = Counter("bertstream_model_reloads_total", "Model hot reloads", ["result"])
 MODEL_INFO = Info("bertstream_model", "The loaded model: name and content version")
+OTHER_LANGUAGE = Counter(
+    "bertstream_other_language_total",
+    "Events in a language the pipeline does not serve, by what was done with them",
+    ["pipeline", "language", "action"],
+)
+ANSWERS = Counter(
+    "bertstream_answers_total", "Questions of answering pipelines, answered or not", ["pipeline", "answered"]
+)

@@ -6,8 +6,10 @@ in input order, so that the caller can keep per-key order when it produces them.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from dataclasses import dataclass, replace
+from typing import Any
 
 import structlog
 
@@ -24,6 +26,9 @@ log = structlog.get_logger(__name__)
 # Dead-letter codes the processor adds to the codec's DecodeError codes.
 DUPLICATE_ID = "duplicate_id"  # an explicit id already claimed by another source record
 OUTPUT_TOO_LARGE = "output_too_large"
+UNSUPPORTED_LANGUAGE = (
+    "unsupported_language"  # a language the pipeline does not serve (other_languages = "dead_letter")
+)
 MODEL_ERROR = "model_error"
 INTERNAL_ERROR = "internal_error"
 
@@ -43,6 +48,17 @@ class Outgoing:
     value: bytes
     dead_letter: bool = False
     journal: tuple[str, str] | None = None  # (journal key, source) of the event id this answers
+
+
+@dataclass(frozen=True)
+class Found:
+    """One text's answer, from the model or the cache."""
+
+    results: dict[str, Any]
+    truncated: bool
+    cached: bool
+    coverage: float = 1.0
+    extra: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -114,6 +130,7 @@ class BatchProcessor:
                 log.warning("dead_letter", pipeline=name, error=err.code, detail=err.detail, **record.source.__dict__)
                 slots.append(self._dead_letter(err.code, err.detail, record))
         by_source = {r.source: r for r in records}
+        slots, languages = await self._languages(slots, by_source)
         slots, claims = await self._journal(slots, by_source)
         events = [s for s in slots if isinstance(s, InputEvent)]
         found = await self._results(events, model)
@@ -125,7 +142,7 @@ class BatchProcessor:
                 continue
             record = by_source[slot.source]
             try:
-                output = self._output(slot, record, found.get(slot.source), model, now_ms)
+                output = self._output(slot, record, found.get(slot.source), languages.get(slot.source), model, now_ms)
                 out.append(replace(output, journal=claims.get(slot.source)))
             except Exception as exc:  # one event's failure must not dead-letter the others
                 log.exception(
@@ -145,15 +162,24 @@ class BatchProcessor:
         self,
         event: InputEvent,
         record: Record,
-        found: tuple[dict, bool, bool] | None,
+        found: Found | None,
+        language: dict[str, Any] | None,
         model: LoadedModel,
         now_ms: float,
     ) -> Outgoing:
         if found is None:  # the model failed on this text alone
             return self._dead_letter(MODEL_ERROR, "the model failed on this event; see the worker log", record)
-        results, truncated, cached = found
         latency = now_ms - record.timestamp_ms if record.timestamp_ms else 0.0
-        value = encode_output(event, results, model.meta, cached=cached, truncated=truncated, latency_ms=latency)
+        value = encode_output(
+            event,
+            found.results,
+            model.meta,
+            cached=found.cached,
+            truncated=found.truncated,
+            latency_ms=latency,
+            language={**(language or {}), "coverage": found.coverage},
+            extra=found.extra,
+        )
         key = record.key if record.key is not None else event.id.encode("utf-8")
         if len(key) + len(value) > MAX_MESSAGE_BYTES:
             detail = (
@@ -167,7 +193,50 @@ class BatchProcessor:
                 **event.source.__dict__,
             )
             return self._dead_letter(OUTPUT_TOO_LARGE, detail, record)
-        return Outgoing(self.pipeline.route_for(results), key, value)
+        if found.extra is not None and "answer" in found.extra:
+            metrics.ANSWERS.labels(self.pipeline.name, str(found.extra["answer"] is not None).lower()).inc()
+        return Outgoing(self.pipeline.route_for(found.results, found.extra), key, value)
+
+    async def _languages(
+        self, slots: list[Outgoing | InputEvent | None], by_source: dict[Source, Record]
+    ) -> tuple[list[Outgoing | InputEvent | None], dict[Source, dict[str, Any]]]:
+        """Each event's language; events in a language the pipeline does not serve are routed as
+        they came, dead-lettered, or kept, as the pipeline says. "und" (no letters, or not sure)
+        is always kept: a pipeline cannot tell it is not its own."""
+        from pipelines.language import detect
+
+        events = [s for s in slots if isinstance(s, InputEvent)]
+        if not events:
+            return slots, {}
+        found = await asyncio.to_thread(lambda: [detect(e.text) for e in events])
+        languages = {e.source: {"code": f.code, "confidence": round(f.confidence, 4)} for e, f in zip(events, found)}
+        pipeline = self.pipeline
+        if pipeline.other_languages == "process":
+            return slots, languages
+        out: list[Outgoing | InputEvent | None] = []
+        for slot in slots:
+            code = languages[slot.source]["code"] if isinstance(slot, InputEvent) else "und"
+            if code == "und" or pipeline.serves(code):
+                out.append(slot)
+                continue
+            assert isinstance(slot, InputEvent)
+            record = by_source[slot.source]
+            metrics.OTHER_LANGUAGE.labels(pipeline.name, code, pipeline.other_languages).inc()
+            if pipeline.other_languages == "route":
+                assert pipeline.other_languages_topic is not None
+                out.append(Outgoing(pipeline.other_languages_topic, record.key, record.raw or b""))
+            else:
+                served = ", ".join(pipeline.languages)
+                detail = f"the text is in {code!r}; this pipeline serves {served}"
+                log.info(
+                    "dead_letter",
+                    pipeline=pipeline.name,
+                    error=UNSUPPORTED_LANGUAGE,
+                    detail=detail,
+                    **slot.source.__dict__,
+                )
+                out.append(self._dead_letter(UNSUPPORTED_LANGUAGE, detail, record))
+        return out, languages
 
     async def _journal(
         self, slots: list[Outgoing | InputEvent | None], by_source: dict[Source, Record]
@@ -215,18 +284,18 @@ class BatchProcessor:
                 claims[event.source] = (key, source)
         return [outcome[s.source] if isinstance(s, InputEvent) and s.source in outcome else s for s in slots], claims
 
-    async def _results(self, events: list[InputEvent], model: LoadedModel) -> dict[Source, tuple[dict, bool, bool]]:
-        """(results, truncated, cached) per event: from Redis where it has them, else from the model."""
+    async def _results(self, events: list[InputEvent], model: LoadedModel) -> dict[Source, Found]:
+        """Each event's answer: from Redis where it has it, else from the model."""
         if not events:
             return {}
         name = self.pipeline.name
         keys = [cache_key(model.version, self.pipeline.tasks, e.text) for e in events]
         hits = await self.cache.get_many(keys)
-        found: dict[Source, tuple[dict, bool, bool]] = {}
+        found: dict[Source, Found] = {}
         misses: dict[str, list[InputEvent]] = {}  # one model call per distinct text
         for event, key, hit in zip(events, keys, hits):
-            if hit is not None and results_match(hit["results"], model.labels):
-                found[event.source] = (hit["results"], hit["truncated"], True)
+            if hit is not None and self._usable(hit, model):
+                found[event.source] = Found(hit["results"], hit["truncated"], True, hit["coverage"], hit["extra"])
             else:
                 misses.setdefault(key, []).append(event)
         metrics.CACHE_HITS.labels(name).inc(len(events) - sum(len(v) for v in misses.values()))
@@ -240,11 +309,35 @@ class BatchProcessor:
             for (key, group), prediction in zip(misses.items(), predictions):
                 if prediction is None:
                     continue
-                to_cache[key] = {"results": prediction.results, "truncated": prediction.truncated}
+                to_cache[key] = {
+                    "results": prediction.results,
+                    "truncated": prediction.truncated,
+                    "coverage": prediction.coverage,
+                    "extra": prediction.extra,
+                }
                 for event in group:
-                    found[event.source] = (prediction.results, prediction.truncated, False)
+                    found[event.source] = Found(
+                        prediction.results, prediction.truncated, False, prediction.coverage, prediction.extra
+                    )
             await self.cache.set_many(to_cache)
         return found
+
+    def _usable(self, hit: dict[str, Any], model: LoadedModel) -> bool:
+        """A cached answer with every field this pipeline writes; anything else is a miss."""
+        extra = hit.get("extra")
+        coverage = hit.get("coverage")
+        return (
+            results_match(hit["results"], model.labels)
+            and isinstance(coverage, int | float)
+            and not isinstance(coverage, bool)
+            and isinstance(extra, dict)
+            and self._extra_keys <= set(extra)
+        )
+
+    @property
+    def _extra_keys(self) -> set[str]:
+        keys = {"answer", "candidates"} if self.pipeline.answers is not None else set()
+        return keys | ({"embedding"} if self.pipeline.embedding else set())
 
 
 def _record_tag(record: Record) -> str:

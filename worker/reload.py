@@ -11,10 +11,10 @@ import signal
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Protocol
 
 import structlog
 
-from pipelines.model import Model
 from worker import metrics
 
 log = structlog.get_logger(__name__)
@@ -22,11 +22,21 @@ log = structlog.get_logger(__name__)
 Fingerprint = tuple[tuple[str, int, int], ...]
 
 
+class Model(Protocol):
+    """What the reloader swaps: a model, or the worker's set of them."""
+
+    def warm_up(self) -> None: ...
+
+    def version(self) -> str: ...
+
+
 def fingerprint(directories: list[Path]) -> Fingerprint:
-    """(path, mtime, size) of every file under the directories: changes when any file does."""
+    """(path, mtime, size) of every file under the directories (or of the file itself, where one
+    is a file): changes when any file does."""
     entries = []
     for directory in directories:
-        for path in sorted(p for p in Path(directory).rglob("*") if p.is_file()):
+        top = Path(directory)
+        for path in [top] if top.is_file() else sorted(p for p in top.rglob("*") if p.is_file()):
             stat = path.stat()
             entries.append((str(path), stat.st_mtime_ns, stat.st_size))
     return tuple(entries)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import shlex
 import sys
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -30,20 +30,60 @@ from pipelines.training.fusion import fit_ngram_part, kfold_ngram_choice
 from pipelines.training.metrics import summary_metrics
 from pipelines.training.splits import stratified_split
 
-__all__ = ["TrainConfig", "command_line", "resolve_data", "train_heads"]
+__all__ = ["CombinedDataset", "TrainConfig", "combine", "command_line", "resolve_data", "split_features", "train_heads"]
+
+
+@dataclass
+class CombinedDataset(Dataset):
+    """Several datasets trained on as one: their splits concatenated, their features cached apart."""
+
+    parts: list[Dataset] = field(default_factory=list)
+
+
+def combine(parts: Sequence[Dataset]) -> CombinedDataset:
+    """One set of `parts`; labels in the order of the part whose labels cover all, else sorted."""
+    union = {label for part in parts for label in part.labels}
+    covering = [part.labels for part in parts if set(part.labels) == union]
+    labels = list(covering[0]) if covering else sorted(union)
+    train = [example for part in parts for example in part.train]
+    test = [example for part in parts for example in part.test]
+    return CombinedDataset("+".join(part.name for part in parts), train, test, labels, list(parts))
 
 
 def resolve_data(
     source: str, text_column: str = "text", label_column: str = "label", test_file: str | None = None
 ) -> Dataset:
-    """A built-in dataset name, or a CSV/JSONL/Parquet file (optionally with a test file)."""
+    """A built-in dataset name, a comma-separated list of them (trained on as one), or a
+    CSV/JSONL/Parquet file (optionally with a test file)."""
     path = Path(source)
     if path.is_file():
         train = read_labelled_file(path, text_column, label_column)
         test = read_labelled_file(Path(test_file), text_column, label_column) if test_file else []
         labels = sorted({label for _, label in train})
         return Dataset(path.stem, train, test, labels)
+    names = [name.strip() for name in source.split(",") if name.strip()]
+    if len(names) > 1:
+        return combine([load(name) for name in names])
     return load(source)
+
+
+def split_features(
+    encoder: Encoder, data: Dataset, split: str, *, progress: bool = True, use_cache: bool = True
+) -> torch.Tensor:
+    """The cached features of `data.train` or `data.test`; a combined set's parts are cached one by
+    one, under their own names, so that each part is encoded once whatever it is combined with."""
+    parts = [part for part in getattr(data, "parts", None) or [data] if getattr(part, split)]
+    feats = [
+        cached_features(
+            encoder,
+            [t for t, _ in getattr(part, split)],
+            tag=f"{part.name}-{split}",
+            progress=progress,
+            use_cache=use_cache,
+        )
+        for part in parts
+    ]
+    return torch.cat(feats) if feats else torch.zeros(0, encoder.num_layers + 1, encoder.hidden_size)
 
 
 def command_line() -> str:
@@ -93,7 +133,7 @@ def train_heads(
     label_index = {label: i for i, label in enumerate(data.labels)}
     texts = [t for t, _ in data.train]
     y_all = torch.tensor([label_index[label] for _, label in data.train])
-    feats = cached_features(encoder, texts, tag=f"{data.name}-train", progress=progress, use_cache=use_cache)
+    feats = split_features(encoder, data, "train", progress=progress, use_cache=use_cache)
     x_all = _concat(feats, config.layers, encoder.num_layers)
     train_idx, val_idx = stratified_split(y_all.tolist(), config.val_fraction, config.seed)
     ts = _TrainSet(texts, x_all, y_all, train_idx, val_idx)
@@ -109,7 +149,7 @@ def train_heads(
     test = None
     if data.test:
         test_texts = [t for t, _ in data.test]
-        tfeats = cached_features(encoder, test_texts, tag=f"{data.name}-test", progress=progress, use_cache=use_cache)
+        tfeats = split_features(encoder, data, "test", progress=progress, use_cache=use_cache)
         test = _TestSet(test_texts, [label_index.get(label, -1) for _, label in data.test], tfeats)
         metrics["test"] = _test_metrics(head, test, len(data.labels), encoder.num_layers)
     head.spec.training = {
@@ -119,6 +159,11 @@ def train_heads(
         "n_train": len(train_idx),
         "n_val": len(val_idx),
         "n_test": len(data.test),
+        **(
+            {"parts": {p.name: [len(p.train), len(p.test)] for p in data.parts}}
+            if isinstance(data, CombinedDataset)
+            else {}
+        ),
         "config": asdict(config),
         "command": command or "",
     }
@@ -140,7 +185,7 @@ def _head_spec(name: str, data: Dataset, encoder: Encoder, config: TrainConfig) 
         layers=list(config.layers),
         hidden=config.hidden,
         dropout=config.dropout,
-        encoder={"name": encoder.name, "version": encoder.version, **_settings_dict(encoder)},
+        encoder={"name": encoder.name, "version": encoder.version, "files": encoder.files, **_settings_dict(encoder)},
     )
 
 

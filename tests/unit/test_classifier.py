@@ -345,3 +345,59 @@ def test_the_model_version_covers_everything_that_changes_results(bert, tokenize
     config["do_lower_case"] = not config.get("do_lower_case", True)
     (model_dir / "tokenizer_config.json").write_text(json.dumps(config))
     assert version() != base
+
+
+# -- encoders and what they read ----------------------------------------------------------------
+
+
+def test_a_head_answers_only_on_the_encoder_it_was_trained_on(bert, tokenizer, tmp_path: Path) -> None:
+    model_dir = tmp_path / "model"
+    bert.save_pretrained(model_dir)
+    tokenizer.save_pretrained(model_dir)
+    encoder = Encoder(EncoderSettings(model_dir=model_dir, device="cpu", precision="fp32", threads=1))
+    head = make_head("spam", 21)
+    head.spec.encoder = {"name": "other-encoder", "files": "0123456789ab"}
+    with pytest.raises(ModelNotFoundError, match="trained on other-encoder") as info:
+        Classifier(encoder, {"spam": head})
+    assert "\n" not in str(info.value)
+    head.spec.encoder = {"name": encoder.name, "files": encoder.files}
+    Classifier(encoder, {"spam": head})  # its own encoder: fine
+
+
+def test_the_encoders_prompt_goes_before_every_text(bert, tokenizer, tmp_path: Path) -> None:
+    model_dir = tmp_path / "model"
+    bert.save_pretrained(model_dir)
+    tokenizer.save_pretrained(model_dir)
+    plain = Encoder(EncoderSettings(model_dir=model_dir, device="cpu", precision="fp32", threads=1))
+    (model_dir / "config_sentence_transformers.json").write_text(
+        json.dumps({"prompts": {"query": "query: ", "passage": "passage: "}, "default_prompt_name": "query"})
+    )
+    prompted = Encoder(EncoderSettings(model_dir=model_dir, device="cpu", precision="fp32", threads=1))
+    assert (plain.prompt, prompted.prompt) == ("", "query: ")
+    assert prompted.version != plain.version  # the prompt changes results
+    expected = tokenizer("query: hello world")["input_ids"]
+    assert prompted.windows(["hello world"]).input_ids == [expected]
+
+
+def test_coverage_is_the_share_of_tokens_the_vocabulary_knows(classifier: Classifier) -> None:
+    english, chinese = classifier.predict(["The service was terrible.", "服务很差，我再也不来了。"])
+    assert english.coverage == 1.0
+    assert chinese.coverage < 0.5  # an English vocabulary: most Chinese characters are [UNK]
+
+
+def test_embedding_and_answers_come_out_as_extra_fields(bert, tokenizer) -> None:
+    class OneAnswer:
+        version = "kb-1"
+
+        def answer(self, vectors: torch.Tensor) -> list[dict]:
+            assert torch.allclose(vectors.norm(dim=1), torch.ones(len(vectors)))
+            return [{"answer": None, "candidates": []} for _ in range(len(vectors))]
+
+    encoder = make_encoder(bert, tokenizer)
+    model = Classifier(encoder, {}, answers=OneAnswer(), embedding=True)
+    [prediction] = model.predict(["where is my parcel?"])
+    assert prediction.results == {}
+    assert prediction.extra["answer"] is None and prediction.extra["candidates"] == []
+    assert len(prediction.extra["embedding"]) == HIDDEN
+    assert abs(sum(x * x for x in prediction.extra["embedding"]) - 1.0) < 1e-3
+    assert model.version() != Classifier(encoder, {}, answers=OneAnswer()).version()  # the embedding flag counts

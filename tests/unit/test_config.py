@@ -176,6 +176,13 @@ def test_file_without_pipelines(tmp_path: Path) -> None:
         ('input = "i"\noutput = "o"\nheads = ["spam"]\n', "dead_letter"),  # missing field
         ('input = "i"\noutput = "o"\ndead_letter = "d"\nheads = []\n', "heads"),  # no heads
         ('input = "i"\noutput = "o"\ndead_letter = "d"\nheads = ["spam"]\nroutes = [{ head = "spam" }]\n', "routes"),
+        (
+            'input = "i"\noutput = "o"\ndead_letter = "d"\nheads = ["s"]\nlanguages = ["en"]\nother_languages = "route"\n',
+            "other_languages_topic",
+        ),
+        ('input = "i"\noutput = "o"\ndead_letter = "d"\nheads = ["s"]\nother_languages = "drop"\n', "other_languages"),
+        ('input = "i"\noutput = "o"\ndead_letter = "d"\nheads = ["s"]\nunanswered = "u"\n', "unanswered needs answers"),
+        ('input = "i"\noutput = "o"\ndead_letter = "d"\nanswers = "kb.jsonl"\nanswer_top_k = 0\n', "answer_top_k"),
     ],
 )
 def test_invalid_pipeline_table(tmp_path: Path, body: str, expect: str) -> None:
@@ -259,3 +266,19 @@ def test_replication_factor_defaults_to_the_brokers_own(clean_env: pytest.Monkey
     clean_env.setenv("BERTSTREAM_KAFKA_REPLICATION_FACTOR", "3")
     assert load_settings().kafka_replication_factor == 3
     test_bad_value_is_one_line_naming_the_var(clean_env, "BERTSTREAM_KAFKA_REPLICATION_FACTOR", "0")
+
+
+def test_answering_pipeline_needs_no_heads_and_finds_its_knowledge_base_beside_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "p.toml"
+    path.write_text(
+        '[pipelines.support]\ninput = "q"\noutput = "a"\ndead_letter = "d"\nmodel = "multilingual"\n'
+        'answers = "kb/support.jsonl"\nunanswered = "humans"\nlanguages = ["en", "zh"]\n'
+        'other_languages = "route"\nother_languages_topic = "elsewhere"\n'
+    )
+    support = load_pipelines(path)["support"]
+    assert support.heads == [] and support.model == "multilingual"
+    assert support.answers == tmp_path / "kb" / "support.jsonl"
+    assert support.output_topics == ["a", "d", "humans", "elsewhere"]
+    assert support.serves("zh") and not support.serves("fr")
+    assert support.route_for({}, {"answer": None}) == "humans"
+    assert support.route_for({}, {"answer": {"id": "x"}}) == "a"

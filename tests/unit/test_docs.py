@@ -103,8 +103,24 @@ def test_valid_inputs_match_the_input_schema_and_encode_valid_outputs(raw: bytes
             cached=cached,
             truncated=truncated,
             latency_ms=latency,
+            language={"code": "en", "confidence": 0.99, "coverage": 1.0},
         )
         _validator("output").validate(json.loads(value))
+    answering = encode_output(
+        event,
+        {},
+        {"name": "multilingual-e5-small", "version": "0123456789ab"},
+        cached=False,
+        truncated=False,
+        latency_ms=1.0,
+        language={"code": "zh", "confidence": 0.9, "coverage": 0.97},
+        extra={
+            "answer": {"id": "returns", "text": "30 days.", "score": 0.91, "question": "退货期限是多久？"},
+            "candidates": [{"id": "returns", "score": 0.91}, {"id": "refunds", "score": 0.7}],
+            "embedding": [0.6, 0.8],
+        },
+    )
+    _validator("output").validate(json.loads(answering))
 
 
 def test_the_demo_feed_matches_the_input_schema() -> None:

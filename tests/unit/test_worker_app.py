@@ -42,7 +42,7 @@ def test_use_swaps_the_model_of_every_pipeline(
     }
     new = Classifier(make_encoder(bert, tokenizer), heads, {name: f"v2-{name}" for name in heads})
     app.use(new)
-    assert app.model is new
+    assert all(app.model[p.name] is new for p in pipelines)
     assert all(p.loaded.model is new for p in app.processors)
     assert [p.model_version for p in app.processors] != before
 
