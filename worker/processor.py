@@ -224,6 +224,13 @@ class BatchProcessor:
             metrics.OTHER_LANGUAGE.labels(pipeline.name, code, pipeline.other_languages).inc()
             if pipeline.other_languages == "route":
                 assert pipeline.other_languages_topic is not None
+                log.info(
+                    "other_language",
+                    pipeline=pipeline.name,
+                    language=code,
+                    routed_to=pipeline.other_languages_topic,
+                    **slot.source.__dict__,
+                )
                 out.append(Outgoing(pipeline.other_languages_topic, record.key, record.raw or b""))
             else:
                 served = ", ".join(pipeline.languages)

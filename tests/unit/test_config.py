@@ -99,8 +99,14 @@ def test_packaged_pipelines() -> None:
     assert (email.input, email.output, email.dead_letter) == ("email.raw", "email.classified", "email.dead-letter")
     assert Route(head="spam", label="spam", topic="email.spam") in email.routes
     assert "spam" in email.tasks
-    assert set(email.output_topics) == {"email.classified", "email.dead-letter", "email.spam"}
-    assert set(news.output_topics) == {"news.enriched", "news.dead-letter"}
+    assert set(email.output_topics) == {"email.classified", "email.dead-letter", "email.spam", "multilingual.raw"}
+    assert set(news.output_topics) == {"news.enriched", "news.dead-letter", "multilingual.raw"}
+    multilingual, support = pipelines["multilingual"], pipelines["support"]
+    assert news.languages == email.languages == ["en"]
+    assert news.other_languages_topic == email.other_languages_topic == multilingual.input  # passed on, not dropped
+    assert multilingual.model == support.model == "multilingual" and not multilingual.languages
+    assert support.answers is not None and support.answers.is_file()
+    assert support.unanswered == "support.unanswered"
 
 
 def test_route_for() -> None:
