@@ -26,9 +26,11 @@ log = structlog.get_logger(__name__)
 # Dead-letter codes the processor adds to the codec's DecodeError codes.
 DUPLICATE_ID = "duplicate_id"  # an explicit id already claimed by another source record
 OUTPUT_TOO_LARGE = "output_too_large"
-UNSUPPORTED_LANGUAGE = (
-    "unsupported_language"  # a language the pipeline does not serve (other_languages = "dead_letter")
-)
+# A language the pipeline does not serve (other_languages = "dead_letter").
+UNSUPPORTED_LANGUAGE = "unsupported_language"
+# A pipeline turns an event away for its language only when the detector is at least this sure:
+# short texts ("FYI" reads as Swedish at 0.34) stay with the pipeline they were sent to.
+LANGUAGE_SURE = 0.5
 MODEL_ERROR = "model_error"
 INTERNAL_ERROR = "internal_error"
 
@@ -202,7 +204,7 @@ class BatchProcessor:
     ) -> tuple[list[Outgoing | InputEvent | None], dict[Source, dict[str, Any]]]:
         """Each event's language; events in a language the pipeline does not serve are routed as
         they came, dead-lettered, or kept, as the pipeline says. "und" (no letters, or not sure)
-        is always kept: a pipeline cannot tell it is not its own."""
+        is always kept, as is a text the detector is not sure of (LANGUAGE_SURE)."""
         from pipelines.language import detect
 
         events = [s for s in slots if isinstance(s, InputEvent)]
@@ -215,8 +217,9 @@ class BatchProcessor:
             return slots, languages
         out: list[Outgoing | InputEvent | None] = []
         for slot in slots:
-            code = languages[slot.source]["code"] if isinstance(slot, InputEvent) else "und"
-            if code == "und" or pipeline.serves(code):
+            language = languages[slot.source] if isinstance(slot, InputEvent) else {"code": "und", "confidence": 0.0}
+            code = language["code"]
+            if code == "und" or language["confidence"] < LANGUAGE_SURE or pipeline.serves(code):
                 out.append(slot)
                 continue
             assert isinstance(slot, InputEvent)

@@ -13,7 +13,7 @@ from worker.cache import ResultCache
 from worker.codec import Source
 from worker.config import Pipeline
 from worker.model_pool import ModelPool
-from worker.processor import UNSUPPORTED_LANGUAGE, BatchProcessor, Found, Outgoing, Record
+from worker.processor import LANGUAGE_SURE, UNSUPPORTED_LANGUAGE, BatchProcessor, Found, Outgoing, Record
 
 EN = "The parcel arrived two days late and the box was damaged."
 ZH = "包裹晚到了两天，而且盒子也坏了。"
@@ -114,11 +114,13 @@ def test_other_languages_can_be_processed_anyway() -> None:
     assert [o.topic for o in outputs if o is not None] == ["out", "out"]
 
 
-def test_text_with_no_language_is_served() -> None:
+def test_text_with_no_language_or_an_unsure_one_is_served() -> None:
     pipeline = _pipeline(languages=["en"], other_languages="dead_letter")
-    [out] = _process(pipeline, ["12345 678"])
-    assert out is not None and not out.dead_letter
-    assert json.loads(out.value)["language"]["code"] == "und"
+    none, unsure = _process(pipeline, ["12345 678", "FYI"])
+    assert none is not None and not none.dead_letter
+    assert json.loads(none.value)["language"]["code"] == "und"
+    assert unsure is not None and not unsure.dead_letter
+    assert json.loads(unsure.value)["language"]["confidence"] < LANGUAGE_SURE
 
 
 def test_questions_with_no_answer_go_to_the_unanswered_topic() -> None:
