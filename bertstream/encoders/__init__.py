@@ -1,0 +1,1 @@
+"""Encoders built from packages that ship weights in their own formats (see `bertstream encoders`)."""
