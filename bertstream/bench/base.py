@@ -12,14 +12,37 @@ from typing import Any
 from bertstream.bench.model import throughput
 
 
-def base_sized_classifier(precision: str, heads: list[str], device: str, instances: int = 1) -> Any:
+def heads_for(heads: list[str], hidden: int) -> dict[str, Any]:
+    """The heads' shapes (labels, pooled layers, hidden size) rebuilt for `hidden`-wide features,
+    random weights: for speed figures only."""
+    from pipelines.heads import Head, HeadSpec, load_head
+    from pipelines.registry import resolve_head_dir, task_name
+
+    built: dict[str, Head] = {}
+    for ref in heads:
+        spec = load_head(resolve_head_dir(ref))[0].spec
+        built[task_name(ref)] = Head(
+            HeadSpec(name=spec.name, labels=spec.labels, input_dim=hidden, layers=spec.layers, hidden=spec.hidden)
+        ).eval()
+    return built
+
+
+def base_sized_classifier(
+    precision: str,
+    heads: list[str],
+    device: str,
+    instances: int = 1,
+    token_budget: int | None = None,
+    max_batch: int | None = None,
+) -> Any:
+    """`token_budget` / `max_batch`: the encoder's padded tokens and windows per forward pass
+    (None: the encoder's defaults)."""
     import torch
     from transformers import AutoTokenizer, BertConfig, BertModel
 
     from pipelines.classifier import Classifier
     from pipelines.encoder import Encoder, EncoderSettings
-    from pipelines.heads import Head, HeadSpec, load_head
-    from pipelines.registry import default_model_dir, resolve_head_dir, task_name
+    from pipelines.registry import default_model_dir
 
     tokenizer = AutoTokenizer.from_pretrained(default_model_dir(), local_files_only=True)
     torch.manual_seed(0)
@@ -33,16 +56,13 @@ def base_sized_classifier(precision: str, heads: list[str], device: str, instanc
     )
     model = BertModel(config, add_pooling_layer=False).eval()
     # The worker's engine plan (model instances and threads), as for B.
+    budget = {k: v for k, v in (("token_budget", token_budget), ("max_batch", max_batch)) if v}
     encoder = Encoder(
-        EncoderSettings(device=device, precision=precision, instances=instances), model=model, tokenizer=tokenizer
+        EncoderSettings(device=device, precision=precision, instances=instances, **budget),
+        model=model,
+        tokenizer=tokenizer,
     )
-    built: dict[str, Head] = {}
-    for ref in heads:
-        spec = load_head(resolve_head_dir(ref))[0].spec
-        built[task_name(ref)] = Head(
-            HeadSpec(name=spec.name, labels=spec.labels, input_dim=768, layers=spec.layers, hidden=spec.hidden)
-        ).eval()
-    return Classifier(encoder, built)
+    return Classifier(encoder, heads_for(heads, 768))
 
 
 def run_base_suite(

@@ -7,9 +7,18 @@ On the same events, model and heads:
      int8 and bf16 at batch 64, a batch-size sweep, short vs long texts (bertstream/bench/model.py);
 - C  the real worker process end to end, cold cache, events produced up front;
 - D  the same texts again (new ids), warm cache;
-- latency at paced offered loads (fractions of C), throughput vs number of events, long texts
-  end to end, the worker's peak RSS (bertstream/bench/stream.py);
+- the sustainable rate: the highest paced rate the worker holds with p99 <= 250 ms (a short
+  search, bertstream/bench/sustain.py), latency at fractions of it, throughput vs number of
+  events, long texts end to end, the worker's peak RSS (bertstream/bench/stream.py);
+- FLOP utilization: B's achieved FLOP/s against the machine's measured matrix-multiply peak per
+  precision (bertstream/bench/flops.py);
+- the multilingual encoder, model only, on Chinese and English, when it is built
+  (bertstream/bench/multilingual.py);
+- answer retrieval: question encoding vs exact search over 1k/10k/100k entries
+  (bertstream/bench/answers.py);
 - accuracy parity of the fast numerics against fp32 on labelled test splits.
+
+`--gpu` runs the GPU bench instead (bertstream/bench/gpu.py).
 
 Everything printed is measured in the run. Writes a JSON report and a PNG beside it.
 """
@@ -49,8 +58,10 @@ def _sizes(quick: bool, events: int | None) -> dict[str, Any]:
             "long_model": 16,
             "long_e2e": 8,
             "scaling": sorted({max(20, n // 6), n}),
-            "loads": [0.25, 0.5, 0.9],
+            "loads": [0.5],
             "load_seconds": 3.0,
+            "search_steps": 3,
+            "peak_seconds": 0.2,
             "min_seconds": 1.0,
             "eval_per_set": 100,
             "sweep": [1, 4, 16, 64, 256],
@@ -63,8 +74,10 @@ def _sizes(quick: bool, events: int | None) -> dict[str, Any]:
         "long_model": 64,
         "long_e2e": 48,
         "scaling": sorted({max(50, n // 10), max(100, n // 3), n}),
-        "loads": [0.25, 0.5, 0.75, 0.9],
+        "loads": [0.25, 0.5, 0.75],
         "load_seconds": 10.0,
+        "search_steps": 5,
+        "peak_seconds": 0.5,
         "min_seconds": 3.0,
         "eval_per_set": 500,
         "sweep": [1, 2, 4, 8, 16, 32, 64, 128, 256],
@@ -108,6 +121,8 @@ def run_bench(
     redis_url: str | None = None,
     skip_baseline: bool = False,
     base_sized: bool = True,
+    multilingual: bool = True,
+    answers: bool = True,
     log: Any = None,
 ) -> dict[str, Any]:
     from bertstream.bench import data as bench_data
@@ -195,6 +210,29 @@ def run_bench(
 
         report["meta"]["torch_threads_model_only"] = torch.get_num_threads()
         report["model_only"] = model
+        from bertstream.bench.flops import gemm_peak
+
+        peak_precisions = [p for p in precisions if p != "int8"]
+        plan = {"instances": report["meta"]["model_instances"], "threads": torch.get_num_threads()}
+        echo(
+            f"matrix-multiply peak, {' and '.join(peak_precisions)}, as B runs ({plan['instances']} x {plan['threads']})"
+        )
+        peaks = [{p: gemm_peak(p, str(device), **plan, min_seconds=sizes["peak_seconds"]) for p in peak_precisions}]
+        if multilingual:
+            from bertstream.bench.multilingual import run_multilingual_suite
+
+            report["multilingual"] = run_multilingual_suite(
+                heads,
+                tasks,
+                {"en": short[:512], "zh": bench_data.chinese_texts(512, f"{run}-zh")},
+                str(device),
+                ["bf16", "fp32"] if device.type == "cpu" else ["fp16", "bf16"],
+                64,
+                sizes["min_seconds"],
+                echo,
+                instances=report["meta"]["model_instances"],
+                minilm_tokens_per_s=_minilm_tokens_per_s(report),
+            )
         if base_sized:
             from bertstream.bench.base import run_base_suite
 
@@ -212,6 +250,10 @@ def run_bench(
                 echo,
                 instances=settings.model_instances,
             )
+        if answers:
+            from bertstream.bench.answers import run_answers_bench
+
+            report["answers"] = run_answers_bench(str(device), default_precision, sizes["min_seconds"], log=echo)
         stream = run_stream_suite(
             kafka,
             redis_url,
@@ -224,6 +266,7 @@ def run_bench(
             sizes["loads"],
             sizes["load_seconds"],
             log=echo,
+            search_steps=sizes["search_steps"],
         )
         # B again, after the stream: how much the machine's load drifted between B and C.
         from bertstream.bench.model import load_classifier, throughput
@@ -237,6 +280,9 @@ def run_bench(
             "precision": default_precision,
         }
         del again
+        echo("matrix-multiply peak again (the larger of the two is kept)")
+        peaks.append({p: gemm_peak(p, str(device), **plan, min_seconds=sizes["peak_seconds"]) for p in peak_precisions})
+    report["utilization"] = _utilization(report, peaks)
     report["C"], report["D"] = stream.pop("C"), stream.pop("D")
     if "long" in stream:
         report["long_end_to_end"] = stream.pop("long")
@@ -248,11 +294,59 @@ def run_bench(
     report["meta"]["load_avg_at_end"] = list(os.getloadavg())
     png = write_report(report, out)
     click.echo(format_table(report))
+    if "answers" in report:
+        from bertstream.bench.answers import format_table as answers_table
+
+        click.echo("\n" + answers_table(report["answers"]))
     click.echo(
         f"\nreport: {out}  plot: {png}  ({report['meta']['seconds']:.0f} s; load average "
         f"{report['meta']['load_avg_at_start'][0]:.1f} at start — figures are noisy on a shared machine)"
     )
     return report
+
+
+def _minilm_tokens_per_s(report: dict[str, Any]) -> dict[str, float]:
+    """MiniLM's tokens/s per precision at batch 64 on the short English texts."""
+    tokens = (report["model_only"].get("tokens") or {}).get("short_mean") or 0
+    return {
+        p: round(entry["batch64"]["events_per_s"] * tokens, 1)
+        for p, entry in report["model_only"].get("precisions", {}).items()
+        if tokens
+    }
+
+
+def _utilization(report: dict[str, Any], peaks: list[dict[str, dict[str, Any]]]) -> dict[str, Any]:
+    """B and the batch-64 rows (and the multilingual rows) against the larger of the two peak measurements."""
+    from bertstream.bench.flops import COUNT_METHOD, utilization, utilization_rows
+
+    best = {p: max((run[p] for run in peaks), key=lambda r: r["flops_per_s"]) for p in peaks[0]}
+    b = report["B"]
+    figures = [("B", b["precision"], b["batch"], b["events_per_s"])]
+    for precision, entry in report["model_only"].get("precisions", {}).items():
+        if precision in best and not (precision == b["precision"] and b["batch"] == 64):
+            figures.append((f"model only, {precision}", precision, 64, entry["batch64"]["events_per_s"]))
+    rows = utilization_rows("minilm", figures, report["model_only"].get("flops") or {}, best)
+    for row in (report.get("multilingual") or {}).get("rows", []):
+        peak = (best.get(row["precision"]) or {}).get("flops_per_s")
+        rows.append(
+            {
+                "model": "multilingual",
+                "path": f"multilingual, {row['language']}, {row['precision']}",
+                "precision": row["precision"],
+                "batch": row["batch"],
+                "events_per_s": row["events_per_s"],
+                "flops_per_event": row["flops_per_event"],
+                **utilization(row["events_per_s"], row["flops_per_event"], peak),
+            }
+        )
+    return {
+        "count_method": COUNT_METHOD,
+        "peak_method": "square torch.mm in the precision's dtype, the same instances x threads as B, best size; "
+        "measured after the model-only rows and again after C, the larger kept",
+        "peak": best,
+        "peak_runs": peaks,
+        "rows": rows,
+    }
 
 
 @click.command("bench")
@@ -291,8 +385,49 @@ def run_bench(
     show_default=True,
     help="Also measure a BERT-base-sized encoder (random weights), model only, per precision.",
 )
+@click.option(
+    "--multilingual/--no-multilingual",
+    default=True,
+    show_default=True,
+    help="Also measure the multilingual encoder, model only, on Chinese and English (when it is built).",
+)
+@click.option(
+    "--answers/--no-answers",
+    default=True,
+    show_default=True,
+    help="Also measure answer retrieval: question encoding vs exact search over 1k/10k/100k entries.",
+)
+@click.option(
+    "--gpu",
+    is_flag=True,
+    help="The GPU bench instead (make bench-gpu): B in fp16/bf16 at large token budgets, a BERT-base-sized "
+    "encoder, D, and C with 1/2/4/8 worker processes on one GPU; one table, JSON beside --out "
+    "(default reports/bench-gpu.json). Needs a CUDA device.",
+)
+@click.option(
+    "--device",
+    default="cuda",
+    show_default=True,
+    help="With --gpu: the device; `cpu` runs the same paths at tiny sizes (a dry run, not a measurement).",
+)
+@click.option(
+    "--workers",
+    default=None,
+    help="With --gpu: worker process counts for C and D, comma-separated (default 1,2,4,8).",
+)
 def bench(
-    out: Path, events: int | None, quick: bool, heads: str, threads: int | None, skip_baseline: bool, base_sized: bool
+    out: Path,
+    events: int | None,
+    quick: bool,
+    heads: str,
+    threads: int | None,
+    skip_baseline: bool,
+    base_sized: bool,
+    multilingual: bool,
+    answers: bool,
+    gpu: bool,
+    device: str,
+    workers: str | None,
 ) -> None:
     """Throughput and latency of our path against the baselines, in one run.
 
@@ -303,14 +438,33 @@ def bench(
 
     if threads is not None:
         os.environ["BERTSTREAM_THREADS"] = str(threads)  # read by load_settings here and by the worker child
+    head_list = [h.strip() for h in heads.split(",") if h.strip()]
     try:
+        if gpu:
+            from bertstream.bench.gpu import NoGpu, run_gpu_bench
+
+            try:
+                run_gpu_bench(
+                    out if out != Path("reports/bench.json") else Path("reports/bench-gpu.json"),
+                    device=device,
+                    quick=quick,
+                    events=events,
+                    heads=head_list,
+                    workers=[int(w) for w in workers.split(",")] if workers else None,
+                    base_sized=base_sized,
+                )
+            except NoGpu as exc:
+                raise click.ClickException(str(exc)) from None
+            return
         run_bench(
             out,
             events,
             quick,
-            [h.strip() for h in heads.split(",") if h.strip()],
+            head_list,
             skip_baseline=skip_baseline,
             base_sized=base_sized,
+            multilingual=multilingual,
+            answers=answers,
         )
     except ModelNotFoundError as exc:
         raise click.ClickException(str(exc)) from None

@@ -192,6 +192,13 @@ def run_model_suite(
         )
     if default.encoder.device.type == "cpu" and default.encoder.instances > 1:
         results["other_plan"] = _one_instance_all_threads(default, short, tasks, batch, segment, rounds, log)
+    log("model only: FLOPs per event (FlopCounterMode)")
+    from bertstream.bench.flops import encoder_flops
+
+    # The count depends on shapes only; int8's quantized linear layers are not counted, so never on int8.
+    counter = next((c for p, c in classifiers.items() if p != "int8"), None)
+    if counter is not None:
+        results["flops"] = {str(size): encoder_flops(counter, short, size) for size in dict.fromkeys([64, batch])}
     log("model only: long texts")
     long_fig = throughput(default, long, tasks, batch, min_seconds, min_texts=min(len(long), 2 * batch))
     results["length"] = {

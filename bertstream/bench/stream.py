@@ -1,16 +1,19 @@
 """C and D: the real worker process end to end, plus latency at a paced offered load.
 
-One worker child process (bertstream.devservices.stack.start_ready_worker) runs a pipeline of the bench's own
-(fresh topics, a unique consumer group) against the real broker and Redis. A collector thread
+One worker child process (bertstream.devservices.worker_process), or several in one
+consumer group, runs a pipeline of the bench's own (fresh topics, a unique consumer group) against
+the real broker and Redis. A collector thread
 reads the output and dead-letter topics by partition assignment (no group join) and stamps every
 output id with its arrival time; every phase produces its events, then waits for their ids.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import re
+import signal
 import tempfile
 import threading
 import time
@@ -22,9 +25,21 @@ from pathlib import Path
 from typing import Any, Self
 
 from bertstream.bench.data import events as make_events
-from bertstream.devservices.process import free_port, log_tail
-from bertstream.devservices.stack import peak_rss_mb, start_ready_worker, worker_env
-from worker.connection import KafkaConnection
+from bertstream.bench.sustain import find_sustainable
+from bertstream.devservices.process import free_port, log_tail, stop_process_group
+from bertstream.devservices.stack import peak_rss_mb, worker_env
+from bertstream.devservices.worker_process import start_worker_process, wait_ready
+from worker.connection import KafkaConnection, ensure_topics
+
+METRIC_SUMS = (
+    "bertstream_batch_size_sum",
+    "bertstream_batch_size_count",
+    "bertstream_model_duration_seconds_sum",
+    "bertstream_batch_duration_seconds_sum",
+    "bertstream_cache_hits_total",
+    "bertstream_cache_misses_total",
+    "bertstream_events_in_total",
+)
 
 
 def percentiles(values: list[float], qs: tuple[float, ...] = (50, 95, 99)) -> dict[str, float]:
@@ -119,7 +134,8 @@ class _Collector(threading.Thread):
 
 
 class StreamBench:
-    """A worker child process and the bench's topics; use as a context manager."""
+    """Worker child processes (one by default; `workers` in one consumer group) and the bench's
+    topics; use as a context manager."""
 
     def __init__(
         self,
@@ -129,14 +145,25 @@ class StreamBench:
         log: Callable[[str], None] = lambda m: None,
         timeout_s: float = 600,
         worker_settings: dict[str, str] | None = None,
+        workers: int = 1,
+        partitions: int | None = None,
+        producers: int = 1,
+        extra_env: dict[str, str] | None = None,
     ) -> None:
         self.kafka, self.redis_url, self.heads, self.log = kafka, redis_url, heads, log
         self.timeout_s = timeout_s
         self.worker_settings = worker_settings or {}
+        self.workers = max(1, workers)
+        self.producers = max(1, producers)  # processes that send a burst (bertstream/bench/producers.py)
+        self.extra_env = extra_env or {}  # plain environment variables for the workers (e.g. CUDA MPS)
+        # Every process of the group needs an input partition of its own; None: the worker's default.
+        self.partitions = max(partitions or 1, self.workers) if partitions or self.workers > 1 else None
         self.run_id = uuid.uuid4().hex[:8]
         self.topics = {k: f"bench-{self.run_id}-{k}" for k in ("in", "out", "dead", "idle-in", "idle-out", "idle-dead")}
         self._stack = ExitStack()
-        self.proc: Any = None
+        self.proc: Any = None  # the first worker
+        self.procs: list[Any] = []
+        self.web_ports: list[int] = []
 
     def __enter__(self) -> Self:
         try:
@@ -163,22 +190,35 @@ class StreamBench:
                 for name, prefix in (("bench", ""), ("idle", "idle-"))
             )
         )
-        self.web_port = free_port()
-        env = worker_env(
-            self.kafka.bootstrap,
-            self.redis_url,
-            f"bertstream-bench-{self.run_id}",
-            self.web_port,
-            pipelines_file=str(pipelines_file),
-            session_timeout_s="6",
-            **self.worker_settings,
-        )
-        self.log_path = self.workdir / "worker.log"
-        self.log(f"end to end: starting the worker (log {self.log_path})")
+        settings = dict(self.worker_settings)
+        if self.partitions:
+            settings["kafka_partitions"] = str(self.partitions)
+            ensure_topics(self.kafka, list(self.topics.values()), self.partitions, timeout_s=30)
+        self.log_paths = [
+            self.workdir / (f"worker-{i + 1}.log" if self.workers > 1 else "worker.log") for i in range(self.workers)
+        ]
+        self.log_path = self.log_paths[0]
+        what = "the worker" if self.workers == 1 else f"{self.workers} worker processes in one group"
+        self.log(f"end to end: starting {what} (log {self.log_path})")
         started = time.perf_counter()
-        self.proc = start_ready_worker(
-            self._stack, env, ["bench", "idle"], self.log_path, self.web_port, timeout_s=self.timeout_s
-        )
+        self._stack.callback(_stop_workers, self.procs)
+        for log_path in self.log_paths:  # all at once: their start-ups overlap
+            port = free_port()
+            env = worker_env(
+                self.kafka.bootstrap,
+                self.redis_url,
+                f"bertstream-bench-{self.run_id}",
+                port,
+                pipelines_file=str(pipelines_file),
+                session_timeout_s="6",
+                **settings,
+            )
+            env.update(self.extra_env)
+            self.procs.append(start_worker_process(env, ["bench", "idle"], log_path))
+            self.web_ports.append(port)
+        for proc, port, log_path in zip(self.procs, self.web_ports, self.log_paths):
+            wait_ready(proc, port, log_path, timeout_s=self.timeout_s)
+        self.proc, self.web_port = self.procs[0], self.web_ports[0]
         self.start_seconds = round(time.perf_counter() - started, 2)
         self.collector = _Collector(self.kafka, [self.topics["out"]], self.topics["dead"])
         self.collector.start()
@@ -189,10 +229,20 @@ class StreamBench:
         from bertstream.bench.data import short_texts
 
         self.burst(short_texts(16, f"{self.run_id}-warmup"), "warmup")
+        # Several processes: until every one has taken events (the group's rebalances are over).
+        deadline = time.monotonic() + self.timeout_s
+        round_ = 0
+        while self.workers > 1 and not all(m.get("bertstream_events_in_total", 0) > 0 for m in self.each_metrics()):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"not every one of {self.workers} workers took events within {self.timeout_s:.0f}s")
+            round_ += 1
+            time.sleep(1.0)
+            self.burst(short_texts(16 * self.workers, f"{self.run_id}-warmup{round_}"), f"warmup{round_}")
 
     def _check_alive(self) -> None:
-        if self.proc.poll() is not None:
-            raise RuntimeError(f"worker exited with code {self.proc.returncode}:\n{log_tail(self.log_path)}")
+        for proc, log_path in zip(self.procs, self.log_paths):
+            if proc.poll() is not None:
+                raise RuntimeError(f"worker exited with code {proc.returncode}:\n{log_tail(log_path)}")
 
     def _wait(self, ids: list[str]) -> dict[str, tuple[float, bool]]:
         try:
@@ -201,48 +251,56 @@ class StreamBench:
             self._check_alive()
             raise
 
+    def each_metrics(self) -> list[dict[str, float]]:
+        """Per worker: sums of its batch-size and model-time histograms and counters (empty if unreadable)."""
+        return [_read_metrics(port) for port in self.web_ports]
+
     def metrics(self) -> dict[str, float]:
-        """Sums of the worker's batch-size and model-time histograms (for deltas around a phase)."""
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.web_port}/metrics", timeout=5) as resp:
-                text = resp.read().decode()
-        except OSError:
+        """The workers' metric sums added up (for deltas around a phase); empty when one is unreadable."""
+        each = self.each_metrics()
+        if not each or not all(each):
             return {}
-        out: dict[str, float] = {}
-        for name in (
-            "bertstream_batch_size_sum",
-            "bertstream_batch_size_count",
-            "bertstream_model_duration_seconds_sum",
-            "bertstream_batch_duration_seconds_sum",
-            "bertstream_cache_hits_total",
-            "bertstream_cache_misses_total",
-        ):
-            out[name] = sum(float(m) for m in re.findall(rf"^{name}\{{[^}}]*\}} (\S+)$", text, flags=re.MULTILINE))
-        return out
+        return {name: sum(m[name] for m in each) for name in METRIC_SUMS}
+
+    def cpu_seconds(self) -> float | None:
+        """CPU time of all worker processes together."""
+        each = [cpu_seconds(p.pid) for p in self.procs]
+        return None if any(c is None for c in each) else sum(c for c in each if c is not None)
 
     def burst(self, texts: list[str], label: str) -> dict[str, Any]:
         """All events produced up front; seconds from the first send to the last output's arrival."""
         values = make_events(texts, f"{self.run_id}-{label}")
         before = self.metrics()
-        cpu_before = cpu_seconds(self.proc.pid)
-        started = time.perf_counter()
-        for _, value in values:
-            self.producer.send(self.topics["in"], value)
-        self.producer.flush()
+        cpu_before = self.cpu_seconds()
+        if self.producers > 1:
+            from bertstream.bench.producers import send_parallel
+
+            started, produce_seconds = send_parallel(
+                self.kafka.kafka_python(), self.topics["in"], [v for _, v in values], self.producers
+            )
+        else:
+            started = time.perf_counter()
+            for _, value in values:
+                self.producer.send(self.topics["in"], value)
+            self.producer.flush()
+            produce_seconds = time.perf_counter() - started
         arrived = self._wait([i for i, _ in values])
         last = max(t for t, _ in arrived.values())
         seconds = last - started
         after = self.metrics()
-        cpu_after = cpu_seconds(self.proc.pid)
+        cpu_after = self.cpu_seconds()
         result = {
             "events": len(values),
             "seconds": round(seconds, 4),
             "events_per_s": round(len(values) / seconds, 2),
             "cached": sum(1 for _, c in arrived.values() if c),
+            # Sending alone: when it is close to `seconds`, the producer set the pace, not the worker.
+            "produce_seconds": round(produce_seconds, 4),
+            "producers": self.producers,
         }
         result.update(_worker_stats(before, after, seconds))
         if cpu_before is not None and cpu_after is not None:
-            # The CPU the worker process got: cores busy on average over the phase (includes the
+            # The CPU the worker processes got: cores busy on average over the phase (includes the
             # tail after the last output, up to the /metrics read).
             result.setdefault("worker", {})["cpu_seconds"] = round(cpu_after - cpu_before, 3)
             result["worker"]["cores_busy"] = round((cpu_after - cpu_before) / seconds, 3)
@@ -278,6 +336,30 @@ class StreamBench:
 
     def peak_rss_mb(self) -> float | None:
         return round(peak_rss_mb(self.proc.pid), 1) if self.proc is not None and peak_rss_mb(self.proc.pid) else None
+
+
+def _stop_workers(procs: list[Any]) -> None:
+    """SIGTERM every worker at once, then wait for each (one after the other takes seconds per worker)."""
+    for proc in procs:
+        if proc.poll() is None:
+            try:
+                os.killpg(proc.pid, signal.SIGTERM)
+            except (ProcessLookupError, PermissionError):
+                pass
+    for proc in procs:
+        stop_process_group(proc, 30.0)
+
+
+def _read_metrics(port: int) -> dict[str, float]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
+            text = resp.read().decode()
+    except OSError:
+        return {}
+    return {
+        name: sum(float(m) for m in re.findall(rf"^{name}\{{[^}}]*\}} (\S+)$", text, flags=re.MULTILINE))
+        for name in METRIC_SUMS
+    }
 
 
 def cpu_seconds(pid: int) -> float | None:
@@ -321,8 +403,12 @@ def run_stream_suite(
     log: Callable[[str], None] = lambda m: None,
     timeout_s: float = 600,
     worker_settings: dict[str, str] | None = None,
+    search_steps: int = 5,
+    p99_limit_ms: float = 250.0,
 ) -> dict[str, Any]:
-    """C (cold), D (warm), end-to-end long texts, events scaling, latency vs offered load, peak RSS."""
+    """C (cold), D (warm), end-to-end long texts, events scaling, the sustainable rate (a search of
+    up to `search_steps` paced steps of `load_seconds`), latency at `load_fractions` of that rate
+    (of the burst peak when no step held or there was no search), peak RSS."""
     out: dict[str, Any] = {}
     with StreamBench(kafka, redis_url, heads, log, timeout_s, worker_settings) as bench:
         out["worker_start_seconds"] = bench.start_seconds
@@ -344,13 +430,30 @@ def run_stream_suite(
             out["events_scaling"].append(bench.burst(short(n, f"{tag}-n{n}"), f"n{n}"))
         out["events_scaling"].sort(key=lambda r: r["events"])
         peak = out["C"]["events_per_s"]
+        base, of = peak, "burst peak"
+        if search_steps:
+            log(
+                f"end to end: sustainable rate (p99 <= {p99_limit_ms:.0f} ms), up to {search_steps} paced steps "
+                f"of {load_seconds:.0f} s from {peak:,.0f}/s (burst peak)"
+            )
+            steps = itertools.count()
+
+            def measure(rate: float) -> dict[str, Any]:
+                i = next(steps)
+                return bench.paced(short(max(20, int(rate * load_seconds)), f"{tag}-s{i}"), rate, f"s{i}")
+
+            out["sustainable"] = find_sustainable(measure, peak, log, limit_ms=p99_limit_ms, max_steps=search_steps)
+            if out["sustainable"]["events_per_s"]:
+                base, of = out["sustainable"]["events_per_s"], "sustainable"
         out["latency"] = []
         for fraction in load_fractions:
-            rate = max(1.0, peak * fraction)
+            rate = max(1.0, base * fraction)
             n = max(20, int(rate * load_seconds))
-            log(f"end to end: latency at {fraction:.0%} of peak ({rate:.0f} events/s, {n} events)")
+            log(f"end to end: latency at {fraction:.0%} of the {of} rate ({rate:.0f} events/s, {n} events)")
             point = bench.paced(short(n, f"{tag}-l{fraction}"), rate, f"l{int(fraction * 100)}")
-            out["latency"].append({"fraction_of_peak": fraction, **point})
+            out["latency"].append(
+                {"fraction": fraction, "of": of, "fraction_of_peak": round(rate / peak, 3) if peak else None, **point}
+            )
         out["worker_peak_rss_mb"] = bench.peak_rss_mb()
         out["dead_letters"] = bench.collector.dead_letters
     return out

@@ -49,6 +49,7 @@ def test_bench_end_to_end_path(kafka_bootstrap: str, redis_url: str, tmp_path: P
         load_fractions=[0.5],
         load_seconds=1.0,
         timeout_s=120,
+        search_steps=2,
     )
     for phase in ("C", "D", "long"):
         assert stream[phase]["events_per_s"] > 0, phase
@@ -58,10 +59,17 @@ def test_bench_end_to_end_path(kafka_bootstrap: str, redis_url: str, tmp_path: P
     assert stream["D"]["cached"] == 30  # warm: the same texts again
     assert [s["events"] for s in stream["events_scaling"]] == [10, 30]
     assert all(s["events_per_s"] > 0 for s in stream["events_scaling"])
+    found = stream["sustainable"]
+    assert 1 <= len(found["steps"]) <= 2 and found["burst_peak_events_per_s"] == stream["C"]["events_per_s"]
+    assert found["steps"][0]["offered_events_per_s"] == round(0.7 * stream["C"]["events_per_s"], 2)
     (point,) = stream["latency"]
     for key in ("offered_events_per_s", "achieved_events_per_s", "p50_ms", "p95_ms", "p99_ms"):
         assert point[key] > 0, key
     assert point["p50_ms"] <= point["p95_ms"] <= point["p99_ms"]
+    # Latency is measured at half of the sustainable rate, or of the burst peak when no step held.
+    base = found["events_per_s"] or stream["C"]["events_per_s"]
+    assert point["of"] == ("sustainable" if found["events_per_s"] else "burst peak")
+    assert point["offered_events_per_s"] == round(max(1.0, 0.5 * base), 2)
     assert stream["worker_peak_rss_mb"] > 0
     assert stream["C"]["worker"]["cpu_seconds_per_event"] > 0  # the worker's CPU from /proc
     assert stream["dead_letters"] == 0
