@@ -42,7 +42,9 @@ class Pipeline(BaseModel):
     other_languages_topic: str | None = None
     # Answer retrieval: a JSONL knowledge base (relative paths: from the pipelines file's directory).
     answers: Path | None = None
-    answer_threshold: float | None = Field(None, ge=-1.0, le=1.0)  # None: the knowledge base's default
+    # Cosine under which a question gets no answer: one value, or per language with a "default"
+    # ({en = 0.867, zh = 0.892, default = 0.873}); None: the calibrated default.
+    answer_threshold: float | dict[str, float] | None = None
     answer_top_k: int = Field(3, ge=1, le=100)
     unanswered: str | None = None  # topic for questions that got no answer; None: the output topic
     embedding: bool = False  # add the normalized sentence vector to each output
@@ -59,6 +61,16 @@ class Pipeline(BaseModel):
 
     def serves(self, language: str) -> bool:
         return not self.languages or language in self.languages
+
+    @field_validator("answer_threshold")
+    @classmethod
+    def _cosines(cls, value: float | dict[str, float] | None) -> float | dict[str, float] | None:
+        values = [] if value is None else list(value.values()) if isinstance(value, dict) else [value]
+        if any(not -1.0 <= v <= 1.0 for v in values):
+            raise ValueError("a threshold is a cosine: give values in [-1, 1]")
+        if isinstance(value, dict) and "default" not in value:
+            raise ValueError('per-language thresholds need a "default" for the other languages')
+        return value
 
     @model_validator(mode="after")
     def _something_to_do(self) -> Pipeline:

@@ -189,6 +189,8 @@ def test_file_without_pipelines(tmp_path: Path) -> None:
         ('input = "i"\noutput = "o"\ndead_letter = "d"\nheads = ["s"]\nother_languages = "drop"\n', "other_languages"),
         ('input = "i"\noutput = "o"\ndead_letter = "d"\nheads = ["s"]\nunanswered = "u"\n', "unanswered needs answers"),
         ('input = "i"\noutput = "o"\ndead_letter = "d"\nanswers = "kb.jsonl"\nanswer_top_k = 0\n', "answer_top_k"),
+        ('input = "i"\noutput = "o"\ndead_letter = "d"\nanswers = "kb.jsonl"\nanswer_threshold = 1.5\n', "cosine"),
+        ('input = "i"\noutput = "o"\ndead_letter = "d"\nanswers = "k"\nanswer_threshold = { en = 0.8 }\n', "default"),
     ],
 )
 def test_invalid_pipeline_table(tmp_path: Path, body: str, expect: str) -> None:
