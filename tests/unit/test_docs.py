@@ -115,7 +115,13 @@ def test_valid_inputs_match_the_input_schema_and_encode_valid_outputs(raw: bytes
         latency_ms=1.0,
         language={"code": "zh", "confidence": 0.9, "coverage": 0.97},
         extra={
-            "answer": {"id": "returns", "text": "30 days.", "score": 0.91, "question": "退货期限是多久？"},
+            "answer": {
+                "id": "returns",
+                "text": "30 days.",
+                "score": 0.91,
+                "question": "退货期限是多久？",
+                "fields": {},
+            },
             "candidates": [{"id": "returns", "score": 0.91}, {"id": "refunds", "score": 0.7}],
             "embedding": [0.6, 0.8],
         },
@@ -125,7 +131,14 @@ def test_valid_inputs_match_the_input_schema_and_encode_valid_outputs(raw: bytes
 
 def test_the_demo_feed_matches_the_input_schema() -> None:
     validator = _validator("input")
-    for name in ("news.jsonl", "email.jsonl", "email_mime.jsonl"):
+    for name in (
+        "news.jsonl",
+        "email.jsonl",
+        "email_mime.jsonl",
+        "news_zh.jsonl",
+        "email_zh.jsonl",
+        "support_questions.jsonl",
+    ):
         for line in (ROOT / "bertstream" / "demo" / "data" / name).read_text().splitlines():
             if line.strip():
                 validator.validate(json.loads(line))
