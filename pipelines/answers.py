@@ -2,10 +2,12 @@
 
 A knowledge base (KB) is a JSONL file, one entry per line:
 ``{"id": str, "question": str | [str, ...], "answer": str, ...extra fields}``. Every phrasing is
-embedded like an incoming question (symmetric question-question matching); an entry scores the
-cosine of its best phrasing, and the best entry is the answer when it scores at least the threshold.
-Search is exact: one matrix product on the encoder's device. The phrasings' embeddings are cached
-on disk by file content and encoder version.
+embedded like an incoming question (symmetric question-question matching) and every answer as a
+passage (the encoder's "passage" prompt, e5's query-to-passage training). An entry scores
+``(cosine of its best phrasing + w * cosine of its answer) / (1 + w)``, ``w = answer_weight``
+(0: phrasings alone), and the best entry is the answer when it scores at least the threshold of
+the question's language. Search is exact: matrix products on the encoder's device. The
+embeddings are cached on disk by file content and encoder version.
 """
 
 from __future__ import annotations
@@ -13,7 +15,9 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,12 +28,18 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from pipelines.encoder import Encoder
+from pipelines.language import detect
 from pipelines.registry import ModelNotFoundError, cache_dir
 
 log = logging.getLogger(__name__)
 
-# Calibrated on bertstream/demo/data/support_eval.jsonl with multilingual-e5-small (docs/answers.md).
-DEFAULT_THRESHOLD = 0.873
+Threshold = float | Mapping[str, float]  # one cosine, or one per language code with a "default"
+DEFAULT = "default"  # the threshold key for every language the mapping does not name (and "und")
+# Chosen and calibrated by `bertstream eval-answers` on bertstream/demo/data/support_eval.jsonl with
+# multilingual-e5-small (docs/answers.md): w by top-1; one threshold, as thresholds per language did
+# no better on held-out questions once the answer is scored too (a mapping is still accepted).
+DEFAULT_ANSWER_WEIGHT = 0.25
+DEFAULT_THRESHOLD: Threshold = 0.865
 RESERVED = ("id", "question", "answer")
 CHUNK = 256  # phrasings per embed() call: the unit of the progress bar
 PROGRESS_FROM = 300  # phrasings: below this, encoding is quick and quiet
@@ -42,14 +52,71 @@ class KnowledgeBaseError(ModelNotFoundError):
 @dataclass(frozen=True)
 class AnswerSettings:
     path: Path
-    threshold: float = DEFAULT_THRESHOLD  # cosine below which the answer is null
+    # Score under which the answer is null: one cosine, or {"en": .., "zh": .., "default": ..}.
+    threshold: Threshold = DEFAULT_THRESHOLD
     top_k: int = 3
+    answer_weight: float = DEFAULT_ANSWER_WEIGHT  # w of the answer's cosine in an entry's score; 0: phrasings only
 
     def __post_init__(self) -> None:
-        if not -1.0 <= self.threshold <= 1.0:
-            raise KnowledgeBaseError(f"answer threshold {self.threshold} is not a cosine: give one in [-1, 1]")
+        object.__setattr__(self, "threshold", check_threshold(self.threshold))
         if self.top_k < 1:
             raise KnowledgeBaseError(f"answer top_k {self.top_k} must be at least 1")
+        weight = self.answer_weight
+        if isinstance(weight, bool) or not isinstance(weight, int | float) or not 0 <= weight < math.inf:
+            raise KnowledgeBaseError(
+                f"answer weight {weight!r} is not a number >= 0: give one (0 scores by the phrasings alone)"
+            )
+
+    def threshold_for(self, language: str) -> float:
+        return threshold_for(self.threshold, language)
+
+
+def check_threshold(value: Any) -> float | dict[str, float]:
+    """A valid threshold: a float, or a dict sorted by language code; KnowledgeBaseError (one line) if not."""
+    if isinstance(value, Mapping):
+        if DEFAULT not in value:
+            raise KnowledgeBaseError(
+                f"answer thresholds {sorted(map(str, value))} have no {DEFAULT!r}: add one for the other languages"
+            )
+        out: dict[str, float] = {}
+        for language in sorted(value, key=str):
+            if not isinstance(language, str) or not language.strip():
+                raise KnowledgeBaseError(
+                    f"answer threshold key {language!r} is not a language code: use codes such as 'en', 'zh'"
+                )
+            out[language] = _cosine(value[language], f"answer threshold for {language!r}")
+        return out
+    return _cosine(value, "answer threshold")
+
+
+def _cosine(value: Any, what: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise KnowledgeBaseError(
+            f"{what} is {_kind(value)}: give a cosine in [-1, 1] or a mapping of language to cosine"
+        )
+    if not -1.0 <= value <= 1.0:
+        raise KnowledgeBaseError(f"{what} {value} is not a cosine: give one in [-1, 1]")
+    return float(value)
+
+
+def threshold_for(threshold: Threshold, language: str) -> float:
+    """The threshold of a language code (pipelines.language.detect): its own, else the "default"."""
+    if isinstance(threshold, Mapping):
+        return threshold.get(language, threshold[DEFAULT])
+    return threshold
+
+
+def mix(phrasing: torch.Tensor, answer: torch.Tensor | None, weight: float) -> torch.Tensor:
+    """Entry scores from the best-phrasing and the answer cosines: (phrasing + w * answer) / (1 + w),
+    on the cosine's scale (so a threshold stays a number in [-1, 1]); the phrasings alone for w = 0."""
+    if answer is None or weight == 0:
+        return phrasing
+    return (phrasing + weight * answer) / (1 + weight)
+
+
+def answer_prompt(encoder: Encoder) -> str:
+    """What answers are embedded with: the encoder's "passage" prompt (e5), else its own (MiniLM: none)."""
+    return encoder.prompts.get("passage", encoder.prompt)
 
 
 @dataclass(frozen=True)
@@ -143,20 +210,31 @@ class KnowledgeBase:
         content: str,
         encoder_version: str,
         device: torch.device | str = "cpu",
+        answers: torch.Tensor | None = None,
     ) -> None:
-        """`vectors` [phrasings, hidden]: L2-normalized, the phrasings of `entries` in order."""
+        """`vectors` [phrasings, hidden]: L2-normalized, the phrasings of `entries` in order; `answers`
+        [entries, hidden]: their answers embedded as passages. Without `answers` an entry scores by
+        its phrasings alone, whatever `settings.answer_weight` says (`self.weight` is then 0)."""
         self.settings = settings
         self.entries = entries
         owner = [i for i, e in enumerate(entries) for _ in e.questions]
         if vectors.shape[0] != len(owner):
             raise ValueError(f"{vectors.shape[0]} vectors for {len(owner)} phrasings")
+        if answers is not None and answers.shape != (len(entries), vectors.shape[1]):
+            raise ValueError(f"answer vectors {tuple(answers.shape)} for {len(entries)} entries")
         self.phrasings = [q for e in entries for q in e.questions]
         self.device = torch.device(device)
         self.vectors = vectors.to(self.device, torch.float32)
         self.owner = torch.tensor(owner, dtype=torch.long, device=self.device)
+        self.answer_vectors = None if answers is None else answers.to(self.device, torch.float32)
+        self.weight = float(settings.answer_weight) if answers is not None else 0.0
         self._most = max(len(e.questions) for e in entries)  # phrasings of the most phrased entry
+        self._first = [0]  # each entry's phrasings are contiguous: entry i's start at _first[i]
+        for e in entries:
+            self._first.append(self._first[-1] + len(e.questions))
         self.content = content
-        key = f"{content}|{encoder_version}|{settings.threshold!r}|{settings.top_k}"
+        threshold = json.dumps(settings.threshold, sort_keys=True)
+        key = f"{content}|{encoder_version}|{threshold}|{settings.top_k}|{self.weight!r}"
         self.version = hashlib.sha256(key.encode()).hexdigest()[:12]
 
     @classmethod
@@ -171,19 +249,56 @@ class KnowledgeBase:
         entries = parse(path, data)
         content = hashlib.sha256(data).hexdigest()[:16]
         phrasings = [q for e in entries for q in e.questions]
-        vectors = _cached_vectors(encoder, phrasings, content, cache_dir)
-        return cls(settings, entries, vectors, content=content, encoder_version=encoder.version, device=encoder.device)
+        key = f"{content}-{encoder.version}"
+        vectors = _cached_vectors(encoder, phrasings, key, cache_dir)
+        answers = None
+        if settings.answer_weight > 0:  # the prompt comes from the model's files, which encoder.version covers
+            texts = [e.answer for e in entries]
+            answers = _cached_vectors(encoder, texts, f"{key}-answers", cache_dir, answer_prompt(encoder), "answer")
+        return cls(
+            settings,
+            entries,
+            vectors,
+            content=content,
+            encoder_version=encoder.version,
+            device=encoder.device,
+            answers=answers,
+        )
 
     def __len__(self) -> int:
         return len(self.entries)
 
-    def search(self, vectors: torch.Tensor, k: int | None = None) -> list[Hits]:
-        """The top-k entries per question, each scored by its best phrasing.
-
-        Exact without scoring every entry: the best `k * most phrasings of one entry` phrasings
-        always hold the best phrasing of each of the top k entries."""
-        k = min(k or self.settings.top_k, len(self.entries))
+    def scores(self, vectors: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """[n, entries] each: the cosine of every entry's best phrasing, and of its answer (None
+        without answer vectors). `mix` of the two with `self.weight` is what `search` ranks by."""
         sims = vectors.to(self.device, torch.float32) @ self.vectors.T
+        answer = None if self.answer_vectors is None else vectors.to(self.device, torch.float32) @ self.answer_vectors.T
+        return self._best_per_entry(sims), answer
+
+    def _best_per_entry(self, sims: torch.Tensor) -> torch.Tensor:
+        best = torch.full((sims.shape[0], len(self.entries)), -math.inf, device=sims.device)
+        return best.scatter_reduce_(1, self.owner.expand(sims.shape[0], -1), sims, "amax")
+
+    def search(self, vectors: torch.Tensor, k: int | None = None) -> list[Hits]:
+        """The top-k entries per question, by `mix` of best phrasing and answer.
+
+        With w = 0, exact without scoring every entry: the best `k * most phrasings of one entry`
+        phrasings always hold the best phrasing of each of the top k entries. With w > 0 every entry
+        is scored (a per-entry max over the phrasings' cosines)."""
+        k = min(k or self.settings.top_k, len(self.entries))
+        queries = vectors.to(self.device, torch.float32)
+        sims = queries @ self.vectors.T
+        if self.weight == 0 or self.answer_vectors is None:
+            return self._search_phrasings(sims, k)
+        mixed = mix(self._best_per_entry(sims), queries @ self.answer_vectors.T, self.weight)
+        top_scores, top_entries = torch.topk(mixed, k, dim=1)
+        out = []
+        for row, (scores, entries) in enumerate(zip(top_scores.tolist(), top_entries.tolist())):
+            start, end = self._first[entries[0]], self._first[entries[0] + 1]  # the top entry's phrasings
+            out.append(Hits(scores, entries, start + int(sims[row, start:end].argmax())))
+        return out
+
+    def _search_phrasings(self, sims: torch.Tensor, k: int) -> list[Hits]:
         top_scores, top_phrasings = torch.topk(sims, min(sims.shape[1], k * self._most), dim=1)
         owners = self.owner[top_phrasings]
         out = []
@@ -198,17 +313,31 @@ class KnowledgeBase:
             out.append(hits)
         return out
 
-    def answer(self, vectors: torch.Tensor) -> list[dict[str, Any]]:
-        """Per question ([n, hidden] L2-normalized, Encoder.embed): {"answer": {"id", "text", "score",
-        "question", "fields"} | None, "candidates": [{"id", "score"}, ... top_k]}. "question" is the
-        matched phrasing; "fields" holds the entry's extra keys."""
+    def thresholds(self, texts: list[str] | None, n: int) -> list[float]:
+        """Each question's threshold: by its language (pipelines.language.detect) when the threshold
+        is a mapping and the texts are given, else the one threshold (or the mapping's "default")."""
+        threshold = self.settings.threshold
+        if texts is not None and len(texts) != n:
+            raise ValueError(f"{len(texts)} texts for {n} question vectors")
+        if not isinstance(threshold, Mapping):
+            return [threshold] * n
+        if texts is None:
+            return [threshold[DEFAULT]] * n
+        return [threshold_for(threshold, detect(text).code) for text in texts]
+
+    def answer(self, vectors: torch.Tensor, texts: list[str] | None = None) -> list[dict[str, Any]]:
+        """Per question ([n, hidden] L2-normalized, Encoder.embed; `texts`: the raw questions, which
+        pick per-language thresholds): {"answer": {"id", "text", "score", "question", "fields"} | None,
+        "candidates": [{"id", "score"}, ... top_k]}. "question" is the matched phrasing; "fields"
+        holds the entry's extra keys."""
+        thresholds = self.thresholds(texts, vectors.shape[0])
         if vectors.shape[0] == 0:
             return []
         out: list[dict[str, Any]] = []
-        for hits in self.search(vectors):
+        for hits, threshold in zip(self.search(vectors), thresholds):
             candidates = [{"id": self.entries[i].id, "score": round(s, 4)} for s, i in zip(hits.scores, hits.entries)]
             answer = None
-            if hits.scores[0] >= self.settings.threshold:
+            if hits.scores[0] >= threshold:
                 entry = self.entries[hits.entries[0]]
                 answer = {
                     "id": entry.id,
@@ -226,6 +355,7 @@ class KnowledgeBase:
             "entries": len(self.entries),
             "phrasings": len(self.phrasings),
             "threshold": self.settings.threshold,
+            "answer_weight": self.weight,
             "top_k": self.settings.top_k,
             "version": self.version,
         }
@@ -235,21 +365,29 @@ def default_cache_dir() -> Path:
     return cache_dir() / "answers"
 
 
-def _cached_vectors(encoder: Encoder, phrasings: list[str], content: str, directory: Path | None) -> torch.Tensor:
-    """The phrasings' embeddings, from the cache when it holds this file and encoder (float16 on disk;
-    fresh ones are rounded the same way so that a cold and a warm start answer alike)."""
+def _cached_vectors(
+    encoder: Encoder,
+    texts: list[str],
+    key: str,
+    directory: Path | None,
+    prompt: str | None = None,
+    unit: str = "phrasing",
+) -> torch.Tensor:
+    """The texts' embeddings (with `prompt`, default the encoder's), from the cache file `key` when it
+    holds them (float16 on disk; fresh ones are rounded the same way so that a cold and a warm start
+    answer alike)."""
     if encoder.version == "in-memory":  # weights not on disk: nothing to key a cache by
-        return _rounded(embed_all(encoder, phrasings))
-    path = (directory or default_cache_dir()) / f"{content}-{encoder.version}.safetensors"
+        return _rounded(embed_all(encoder, texts, prompt, unit))
+    path = (directory or default_cache_dir()) / f"{key}.safetensors"
     if path.is_file():
         try:
             vectors = load_file(str(path))["vectors"]
-            if vectors.shape == (len(phrasings), encoder.hidden_size):
+            if vectors.shape == (len(texts), encoder.hidden_size):
                 return vectors.to(torch.float32)
             log.warning("answer cache %s does not match the knowledge base: encoding again", path)
         except (SafetensorError, OSError, KeyError, ValueError) as exc:  # damaged: recompute
             log.warning("answer cache %s is unreadable (%s): encoding again", path, type(exc).__name__)
-    vectors = _rounded(embed_all(encoder, phrasings))
+    vectors = _rounded(embed_all(encoder, texts, prompt, unit))
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(f".{os.getpid()}.tmp")
@@ -264,15 +402,13 @@ def _rounded(vectors: torch.Tensor) -> torch.Tensor:
     return vectors.to(torch.float16).to(torch.float32)
 
 
-def embed_all(encoder: Encoder, texts: list[str]) -> torch.Tensor:
+def embed_all(encoder: Encoder, texts: list[str], prompt: str | None = None, unit: str = "phrasing") -> torch.Tensor:
     """Encoder.embed over many texts in length-sorted chunks, with a progress bar when there are many."""
     out = torch.zeros(len(texts), encoder.hidden_size)
     order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
-    with tqdm(
-        total=len(texts), desc="encode knowledge base", unit="phrasing", disable=len(texts) <= PROGRESS_FROM
-    ) as bar:
+    with tqdm(total=len(texts), desc="encode knowledge base", unit=unit, disable=len(texts) <= PROGRESS_FROM) as bar:
         for start in range(0, len(texts), CHUNK):
             index = order[start : start + CHUNK]
-            out[torch.tensor(index)] = encoder.embed([texts[i] for i in index])
+            out[torch.tensor(index)] = encoder.embed([texts[i] for i in index], prompt=prompt)
             bar.update(len(index))
     return out

@@ -19,7 +19,7 @@ class Answers(Protocol):
 
     version: str
 
-    def answer(self, vectors: torch.Tensor) -> list[dict[str, Any]]: ...
+    def answer(self, vectors: torch.Tensor, texts: list[str] | None = None) -> list[dict[str, Any]]: ...
 
 
 @dataclass
@@ -134,7 +134,7 @@ class Classifier:
         if self.answers is not None or self.embedding:
             vectors = torch.nn.functional.normalize(encoded.features[-1], dim=1)
             if self.answers is not None:
-                for prediction, found in zip(out, self.answers.answer(vectors)):
+                for prediction, found in zip(out, self.answers.answer(vectors, prepared.texts)):
                     prediction.extra.update(found)
             if self.embedding:
                 for prediction, vector in zip(out, vectors.tolist()):

@@ -82,10 +82,12 @@ class Encoder:
             self.name = _model_name(model_dir)
             files = file_digest(sorted(p for p in model_dir.iterdir() if p.is_file() and p.suffix in MODEL_FILES))
             self.prompt = _prompt(model_dir)
+            self.prompts: dict[str, str] = _prompts(model_dir)
         else:
             self.name = getattr(model.config, "_name_or_path", "") or "in-memory"
             files = "in-memory"
             self.prompt = ""
+            self.prompts = {}
         # The weights, config and tokenizer alone: what a head is tied to (not how they run).
         self.files = files
         self.device = resolve_device(settings.device)
@@ -110,8 +112,8 @@ class Encoder:
         # Never read more characters than the window cap could hold (a 10 MB text costs nothing).
         self.max_chars = settings.max_windows * settings.window_tokens * 12
 
-    def encode(self, texts: list[str], layers: tuple[int, ...] = (-1,)) -> Encoded:
-        return self.encode_windows(self.windows(texts), layers)
+    def encode(self, texts: list[str], layers: tuple[int, ...] = (-1,), prompt: str | None = None) -> Encoded:
+        return self.encode_windows(self.windows(texts, prompt), layers)
 
     def encode_windows(self, windows: Windows, layers: tuple[int, ...] = (-1,)) -> Encoded:
         n_texts = len(windows.truncated)
@@ -131,17 +133,20 @@ class Encoder:
         features = {layer: sums[layer] / weights for layer in layers}
         return Encoded(features, windows.truncated, len(windows.input_ids), tokens, windows.coverage)
 
-    def embed(self, texts: list[str]) -> torch.Tensor:
-        """[n_texts, hidden]: the sentence embedding (last layer, mean-pooled, L2-normalized)."""
+    def embed(self, texts: list[str], prompt: str | None = None) -> torch.Tensor:
+        """[n_texts, hidden]: the sentence embedding (last layer, mean-pooled, L2-normalized).
+        `prompt` replaces the encoder's own (`self.prompt`), e.g. `self.prompts["passage"]`."""
         if not texts:
             return torch.zeros(0, self.hidden_size)
-        return torch.nn.functional.normalize(self.encode(texts).features[-1], dim=1)
+        return torch.nn.functional.normalize(self.encode(texts, prompt=prompt).features[-1], dim=1)
 
-    def windows(self, texts: list[str]) -> Windows:
-        """Tokenize into capped overlapping windows. Separate from the model pass so that a
-        caller can tokenize the next batch on another thread while the model runs this one."""
+    def windows(self, texts: list[str], prompt: str | None = None) -> Windows:
+        """Tokenize into capped overlapping windows, `prompt` (default: `self.prompt`) in front of
+        each text. Separate from the model pass so that a caller can tokenize the next batch on
+        another thread while the model runs this one."""
         s = self.settings
-        clipped = [self.prompt + t[: self.max_chars] for t in texts]
+        lead = self.prompt if prompt is None else prompt
+        clipped = [lead + t[: self.max_chars] for t in texts]
         with self._tokenizer_lock:
             enc = self.tokenizer(
                 clipped,
@@ -242,6 +247,14 @@ def _prompt(model_dir: Path) -> str:
         return ""
     config = json.loads(path.read_text())
     return (config.get("prompts") or {}).get(config.get("default_prompt_name") or "", "")
+
+
+def _prompts(model_dir: Path) -> dict[str, str]:
+    """Every prompt the sentence-transformers config names (e5: query, passage); {} when none."""
+    path = model_dir / "config_sentence_transformers.json"
+    if not path.is_file():
+        return {}
+    return dict(json.loads(path.read_text()).get("prompts") or {})
 
 
 def _model_name(model_dir: Path) -> str:

@@ -46,6 +46,7 @@ class Pipeline(BaseModel):
     # ({en = 0.867, zh = 0.892, default = 0.873}); None: the calibrated default.
     answer_threshold: float | dict[str, float] | None = None
     answer_top_k: int = Field(3, ge=1, le=100)
+    answer_weight: float | None = Field(None, ge=0)  # weight of the answer text in an entry's score; None: 0.25
     unanswered: str | None = None  # topic for questions that got no answer; None: the output topic
     embedding: bool = False  # add the normalized sentence vector to each output
 

@@ -117,6 +117,8 @@ def _knowledge_base(pipeline: Pipeline, encoder: Any) -> Any:
     options: dict[str, Any] = {"top_k": pipeline.answer_top_k}
     if pipeline.answer_threshold is not None:
         options["threshold"] = pipeline.answer_threshold
+    if pipeline.answer_weight is not None:
+        options["answer_weight"] = pipeline.answer_weight
     return KnowledgeBase.load(AnswerSettings(path=pipeline.answers, **options), encoder)
 
 

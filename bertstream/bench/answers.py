@@ -43,6 +43,7 @@ def synthetic_kb(entries: int, hidden: int, device: str, phrasings: int = PHRASI
 
     generator = torch.Generator().manual_seed(seed)
     vectors = torch.nn.functional.normalize(torch.randn(entries * phrasings, hidden, generator=generator), dim=1)
+    answers = torch.nn.functional.normalize(torch.randn(entries, hidden, generator=generator), dim=1)
     rows = [Entry(f"e{i}", tuple(f"q{i}.{j}" for j in range(phrasings)), f"a{i}") for i in range(entries)]
     return KnowledgeBase(
         AnswerSettings(Path("synthetic.jsonl")),
@@ -51,6 +52,7 @@ def synthetic_kb(entries: int, hidden: int, device: str, phrasings: int = PHRASI
         content=f"synthetic-{entries}",
         encoder_version="none",
         device=device,
+        answers=answers,  # scored as the default settings do: best phrasing + answer
     )
 
 

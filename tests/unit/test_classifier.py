@@ -389,7 +389,7 @@ def test_embedding_and_answers_come_out_as_extra_fields(bert, tokenizer) -> None
     class OneAnswer:
         version = "kb-1"
 
-        def answer(self, vectors: torch.Tensor) -> list[dict]:
+        def answer(self, vectors: torch.Tensor, texts: list[str] | None = None) -> list[dict]:
             assert torch.allclose(vectors.norm(dim=1), torch.ones(len(vectors)))
             return [{"answer": None, "candidates": []} for _ in range(len(vectors))]
 
