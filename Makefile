@@ -64,7 +64,7 @@ bench-gpu: setup
 eval: setup
 	$(BIN)/bertstream eval-defaults --out-dir reports/eval --markdown reports/eval/table.md \
 		$(if $(wildcard $(FINETUNED)/config.json),--finetuned $(FINETUNED))
-	$(BIN)/bertstream eval-answers --kb bertstream/demo/data/support_kb.jsonl --eval bertstream/demo/data/support_eval.jsonl \
+	$(BIN)/bertstream eval-answers --kb worker/kb/support.jsonl --eval bertstream/demo/data/support_eval.jsonl \
 		$(if $(wildcard $(MULTILINGUAL_DIR)/config.json),--model multilingual,--model minilm --lang en) --out reports/eval/answers.json
 
 # The whole MiniLM fine-tuned on the sentiment set (~20 min on 2 cores; seed 13): the encoder is
