@@ -254,16 +254,14 @@ def encode_output(
     cached: bool,
     truncated: bool,
     latency_ms: float,
-    language: dict[str, Any] | None = None,
+    language: dict[str, Any],
     extra: dict[str, Any] | None = None,
 ) -> bytes:
     """`language`: {"code", "confidence", "coverage"}; `extra`: the model's top-level fields
     (answer, candidates, embedding), the embedding written last as it is the largest."""
     extra = dict(extra or {})
     embedding = extra.pop("embedding", None)
-    doc: dict[str, Any] = {"id": event.id, "results": results, **extra}
-    if language is not None:
-        doc["language"] = language
+    doc: dict[str, Any] = {"id": event.id, "results": results, **extra, "language": language}
     doc |= {
         "model": model,
         "cached": cached,

@@ -179,7 +179,7 @@ class BatchProcessor:
             cached=found.cached,
             truncated=found.truncated,
             latency_ms=latency,
-            language={**(language or {}), "coverage": found.coverage},
+            language={**(language or {"code": "und", "confidence": 0.0}), "coverage": found.coverage},
             extra=found.extra,
         )
         key = record.key if record.key is not None else event.id.encode("utf-8")

@@ -209,9 +209,18 @@ def test_output_matches_contract() -> None:
         "sentiment": {"label": "positive", "score": 0.9, "scores": {"negative": 0.05, "neutral": 0.05, "positive": 0.9}}
     }
     out = json.loads(
-        encode_output(event, results, {"name": "m", "version": "abc"}, cached=True, truncated=False, latency_ms=12.3456)
+        encode_output(
+            event,
+            results,
+            {"name": "m", "version": "abc"},
+            cached=True,
+            truncated=False,
+            latency_ms=12.3456,
+            language={"code": "en", "confidence": 1.0, "coverage": 1.0},
+        )
     )
-    assert set(out) == {"id", "results", "model", "cached", "truncated", "source", "metadata", "latency_ms"}
+    assert set(out) == {"id", "results", "language", "model", "cached", "truncated", "source", "metadata", "latency_ms"}
+    assert out["language"] == {"code": "en", "confidence": 1.0, "coverage": 1.0}
     assert out["id"] == "e1"
     assert out["results"] == results
     assert out["model"] == {"name": "m", "version": "abc"}
@@ -223,7 +232,15 @@ def test_output_matches_contract() -> None:
 
 def test_output_is_strict_json_and_utf8() -> None:
     event = decode(_event(text="hello", metadata={"x": 1.5, "who": "café ✓"}), SRC)
-    raw = encode_output(event, {}, {"name": "m", "version": "v"}, cached=False, truncated=True, latency_ms=0.0)
+    raw = encode_output(
+        event,
+        {},
+        {"name": "m", "version": "v"},
+        cached=False,
+        truncated=True,
+        latency_ms=0.0,
+        language={"code": "en", "confidence": 1.0, "coverage": 1.0},
+    )
     assert "café ✓".encode() in raw  # not \u-escaped
     # No NaN / Infinity can get into an output: parse it strictly.
     json.loads(raw, parse_constant=lambda c: pytest.fail(f"non-JSON constant {c}"))
@@ -246,7 +263,17 @@ def _check(raw: bytes) -> None:
     assert isinstance(event.metadata, dict)
     event.text.encode("utf-8")  # no lone surrogates got through
     # Whatever decoded must encode back to strict JSON.
-    json.loads(encode_output(event, {}, {"name": "m", "version": "v"}, cached=False, truncated=False, latency_ms=0))
+    json.loads(
+        encode_output(
+            event,
+            {},
+            {"name": "m", "version": "v"},
+            cached=False,
+            truncated=False,
+            latency_ms=0,
+            language={"code": "en", "confidence": 1.0, "coverage": 1.0},
+        )
+    )
 
 
 @FUZZ
@@ -299,7 +326,15 @@ def test_metadata_numbers_pass_through_exactly() -> None:
         b' "list": [1.10, -0.0, 3], "big": 123456789012345678901234567890}}'
     )
     event = decode(raw, SRC)
-    out = encode_output(event, {}, {"name": "m", "version": "v"}, cached=False, truncated=False, latency_ms=0)
+    out = encode_output(
+        event,
+        {},
+        {"name": "m", "version": "v"},
+        cached=False,
+        truncated=False,
+        latency_ms=0,
+        language={"code": "en", "confidence": 1.0, "coverage": 1.0},
+    )
     text = out.decode()
     for literal in ("12345678901234567.89", "0.1", "1.10", "-0.0", "123456789012345678901234567890"):
         assert literal in text, literal

@@ -99,7 +99,15 @@ def test_json_event_with_email_or_email_b64_and_message_id_as_default_id() -> No
         assert decoded.id == "<slides-1@example.com>"
         assert decoded.text.startswith("Slides for Monday")
         out = json.loads(
-            encode_output(decoded, {}, {"name": "m", "version": "v"}, cached=False, truncated=False, latency_ms=1)
+            encode_output(
+                decoded,
+                {},
+                {"name": "m", "version": "v"},
+                cached=False,
+                truncated=False,
+                latency_ms=1,
+                language={"code": "en", "confidence": 1.0, "coverage": 1.0},
+            )
         )
         assert out["email"]["from"] == "Alice <alice@example.com>" and out["id"] == "<slides-1@example.com>"
     explicit = decode(json.dumps({"id": "mine", "email": raw_mail.decode()}).encode(), SRC)
@@ -147,7 +155,15 @@ def test_email_events_match_the_published_schemas() -> None:
         jsonschema.validate(event, input_schema)
         decoded = decode(json.dumps(event).encode(), SRC)
         result = {"spam": {"label": "ham", "score": 0.9, "scores": {"ham": 0.9, "spam": 0.1}}}
-        out = encode_output(decoded, result, {"name": "m", "version": "v"}, cached=False, truncated=False, latency_ms=1)
+        out = encode_output(
+            decoded,
+            result,
+            {"name": "m", "version": "v"},
+            cached=False,
+            truncated=False,
+            latency_ms=1,
+            language={"code": "en", "confidence": 1.0, "coverage": 1.0},
+        )
         jsonschema.validate(json.loads(out), output_schema)
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate({"text": "hi", "email": raw.decode()}, input_schema)
