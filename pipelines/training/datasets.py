@@ -547,8 +547,7 @@ def load_spam_mix() -> Dataset:
     ]
     groups = [f"mail:{i}" for i in range(len(email.train))] * 2 + [f"sms:{i}" for i in range(len(sms.train))]
     train = [example for piece in pieces for example in piece.train]
-    name = "+".join(piece.name for piece in pieces)
-    return CombinedDataset(name, train, email.test, ["ham", "spam"], pieces, groups=groups)
+    return CombinedDataset("spam_mix", train, email.test, ["ham", "spam"], pieces, groups=groups)
 
 
 SHORT_MESSAGES = Path(__file__).resolve().parent / "data" / "short_messages.csv"

@@ -14,6 +14,7 @@ from pipelines.training.splits import (
     stratified_split,
 )
 from tests.unit.test_datasets import sa_fetched  # noqa: F401  (a fixture: fake SpamAssassin in the cache)
+from tests.unit.test_training import encoder, synthetic, tokenizer  # noqa: F401  (a tiny random encoder)
 
 SMS = [(f"sms ham number {i}", "0") for i in range(16)] + [(f"WIN cash prize {i} txt now", "1") for i in range(4)]
 
@@ -95,3 +96,36 @@ def test_the_email_spam_head_is_checked_on_bare_texts():
         assert check in DEFAULTS and "recall:ham" in CHECKS[check]
     row = {"accuracy": 0.9, "per_class": {"ham": {"recall": 0.97, "precision": 0.9, "f1": 0.93}}}
     assert metric(row, "recall:ham") == 0.97 and metric(row, "f1:ham") == 0.93 and metric(row, "accuracy") == 0.9
+
+
+def test_a_check_row_has_its_own_target_and_no_baseline_verdict(encoder, tmp_path):  # noqa: F811
+    from pipelines.training.evaluate import evaluate, format_table
+    from pipelines.training.train import TrainConfig, resolve_data, train_heads
+
+    train_csv, test_csv = tmp_path / "train.csv", tmp_path / "test.csv"
+    for path, rows in ((train_csv, synthetic(96, 6)), (test_csv, synthetic(32, 7))):
+        path.write_text("text,label\n" + "".join(f"{t},{lab}\n" for t, lab in rows))
+    head = tmp_path / "toy"
+    config = TrainConfig(hidden=0, max_epochs=4, lr=1e-2)
+    train_heads(encoder, resolve_data(str(train_csv)), head, config, progress=False, use_cache=False)
+    kwargs = {"train_file": str(train_csv), "progress": False}
+    plain = evaluate(encoder, [str(head)], str(test_csv), **kwargs)
+    checked = evaluate(encoder, [str(head)], str(test_csv), check={"recall:pos": 0.0}, **kwargs)
+    assert "beats_baselines" in plain and not plain["check"]
+    assert checked["check"] and "beats_baselines" not in checked  # baselines shown, not to be beaten
+    assert checked["primary"] == "recall:pos" and checked["targets"] == {"recall:pos": 0.0}
+    assert checked["models"]["head:toy"]["target_met"] is True and "tfidf+logreg" in checked["models"]
+    assert "a check on text" in format_table([checked])
+
+
+def test_training_keeps_a_group_on_one_side(encoder, tmp_path):  # noqa: F811
+    from pipelines.training.datasets import Dataset
+    from pipelines.training.train import TrainConfig, train_heads
+
+    rows = synthetic(60, 9)
+    train = rows + [(text.upper(), label) for text, label in rows]  # each text and a second form of it
+    data = Dataset("pairs", train, [], ["neg", "pos"], groups=[f"g{i}" for i in range(60)] * 2)
+    ngram = {"buckets": 64, "min_df": 1, "C": 1.0, "folds": 3, "ngram_max": 1}
+    config = TrainConfig(hidden=0, max_epochs=3, lr=1e-2, val_fraction=0.2, ngram=ngram)
+    head = train_heads(encoder, data, tmp_path / "pairs", config, progress=False, use_cache=False)
+    assert head.spec.training["n_val"] == 2 * 12  # 12 of the 60 groups, both forms of each
