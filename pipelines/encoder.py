@@ -81,7 +81,7 @@ class Encoder:
             model, tokenizer = _load(model_dir)
             self.name = _model_name(model_dir)
             files = file_digest(sorted(p for p in model_dir.iterdir() if p.is_file() and p.suffix in MODEL_FILES))
-            self.prompt = _prompt(model_dir)
+            self.prompt = default_prompt(model_dir)
             self.prompts: dict[str, str] = _prompts(model_dir)
         else:
             self.name = getattr(model.config, "_name_or_path", "") or "in-memory"
@@ -239,7 +239,7 @@ def _load(model_dir: Path) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     return model, tokenizer
 
 
-def _prompt(model_dir: Path) -> str:
+def default_prompt(model_dir: Path) -> str:
     """The text an encoder wants before every input (e5: "query: "), from the sentence-transformers
     config's default prompt; "" when it names none."""
     path = model_dir / "config_sentence_transformers.json"

@@ -207,6 +207,8 @@ def format_table(report: dict[str, Any]) -> str:
             f"CPU per event: B {1000 * b_cpu:.2f} ms (the model's process), C {1000 * c_cpu:.2f} ms "
             f"(the worker process, from /proc), C/B {c_cpu / b_cpu:.2f}"
         )
+    if _get(report, "C", "cores"):
+        lines.append(f"cores busy during C: {cores_text(report['C']['cores'])}")
     drift = r.get("B_again_over_B")
     if drift is not None and not 0.8 <= drift <= 1.25:
         lines.append(
@@ -323,12 +325,19 @@ def multilingual_lines(multi: dict[str, Any] | None) -> list[str]:
     return lines
 
 
+def cores_text(cores: dict[str, float]) -> str:
+    """Cores busy by whom: the worker, the bench's producer and consumer, the rest (broker, Redis, others)."""
+    names = {"worker": "worker", "bench": "bench producer+consumer", "other": "broker, Redis, other"}
+    return ", ".join(f"{names[k]} {cores[k]:.2f}" for k in names if k in cores)
+
+
 def sustainable_lines(report: dict[str, Any]) -> list[str]:
     found = report.get("sustainable")
     if not found:
         return []
     steps = ", ".join(
         f"{s['offered_events_per_s']:,.0f}/s p99 {s['p99_ms']:.0f} ms {'ok' if s['holds'] else 'no'}"
+        + (f" ({cores_text(s['cores'])})" if s.get("cores") else "")
         for s in found.get("steps", [])
     )
     rate = found.get("events_per_s")

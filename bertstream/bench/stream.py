@@ -267,11 +267,16 @@ class StreamBench:
         each = [cpu_seconds(p.pid) for p in self.procs]
         return None if any(c is None for c in each) else sum(c for c in each if c is not None)
 
+    def cpu_snapshot(self) -> dict[str, float | None]:
+        """CPU seconds so far of the machine, the workers and this process (the load generator)."""
+        return {"machine": machine_cpu_seconds(), "worker": self.cpu_seconds(), "bench": cpu_seconds(os.getpid())}
+
     def burst(self, texts: list[str], label: str) -> dict[str, Any]:
         """All events produced up front; seconds from the first send to the last output's arrival."""
         values = make_events(texts, f"{self.run_id}-{label}")
         before = self.metrics()
         cpu_before = self.cpu_seconds()
+        snapshot = self.cpu_snapshot()
         if self.producers > 1:
             from bertstream.bench.producers import send_parallel
 
@@ -305,12 +310,14 @@ class StreamBench:
             result.setdefault("worker", {})["cpu_seconds"] = round(cpu_after - cpu_before, 3)
             result["worker"]["cores_busy"] = round((cpu_after - cpu_before) / seconds, 3)
             result["worker"]["cpu_seconds_per_event"] = round((cpu_after - cpu_before) / len(values), 6)
+        result["cores"] = cores_split(snapshot, self.cpu_snapshot(), seconds)
         return result
 
     def paced(self, texts: list[str], rate: float, label: str) -> dict[str, Any]:
         """Events sent at a fixed rate; latency per event = output arrival - its send time (by id)."""
         values = make_events(texts, f"{self.run_id}-{label}")
         sent: dict[str, float] = {}
+        snapshot = self.cpu_snapshot()
         started = time.perf_counter()
         for i, (event_id, value) in enumerate(values):
             due = started + i / rate
@@ -332,6 +339,7 @@ class StreamBench:
             **percentiles(latencies),
             "max_ms": round(1000 * max(latencies), 2),
             "worker_side": inside,
+            "cores": cores_split(snapshot, self.cpu_snapshot(), span),
         }
 
     def peak_rss_mb(self) -> float | None:
@@ -369,6 +377,29 @@ def cpu_seconds(pid: int) -> float | None:
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
     except (OSError, ValueError, IndexError):
         return None
+
+
+def machine_cpu_seconds() -> float | None:
+    """Busy CPU seconds of the whole machine so far (all but idle and iowait), from /proc/stat."""
+    try:
+        fields = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:9]]
+    except (OSError, ValueError, IndexError):
+        return None
+    user, nice, system, _idle, _iowait, irq, softirq, steal = fields
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
+def cores_split(before: dict[str, float | None], after: dict[str, float | None], seconds: float) -> dict[str, float]:
+    """Average cores busy over a phase: the workers, the bench process (producer and consumer) and
+    everything else (broker, Redis, other jobs), from two `cpu_snapshot`s; parts it cannot read are left out."""
+    busy = {
+        k: (after[k] - before[k]) / seconds  # type: ignore[operator]
+        for k in before
+        if before[k] is not None and after.get(k) is not None and seconds > 0
+    }
+    if "machine" in busy:
+        busy["other"] = busy.pop("machine") - busy.get("worker", 0.0) - busy.get("bench", 0.0)
+    return {k: round(v, 3) for k, v in busy.items()}
 
 
 def _worker_stats(before: dict[str, float], after: dict[str, float], seconds: float) -> dict[str, Any]:

@@ -179,6 +179,12 @@ def data_command(names: tuple[str, ...], force: bool, list_only: bool) -> None:
     help="Longest word n-gram of the n-gram part (1: words only).",
 )
 @click.option(
+    "--freeze-embeddings/--train-embeddings",
+    default=False,
+    show_default=True,
+    help="finetune: keep the word embeddings fixed (for large vocabularies such as the multilingual encoder's).",
+)
+@click.option(
     "--half/--no-half", default=False, show_default=True, help="Store weight matrices as float16 (half the size)."
 )
 @click.option(
@@ -214,6 +220,7 @@ def train_command(
     ngram_c,
     ngram_folds,
     ngram_max,
+    freeze_embeddings,
     half,
     refit,
     seed,
@@ -238,8 +245,8 @@ def train_command(
 
     command = train.command_line()
     if mode == "finetune":
-        sources = [x for x in source.split(",") if x]
-        data = [train.resolve_data(x, text_column, label_column, test_file) for x in sources]
+        sources = [x for x in source.split(",") if x]  # one task each; "a+b" is one task on both sets
+        data = [train.resolve_data(x.replace("+", ","), text_column, label_column, test_file) for x in sources]
         info = finetune(
             data,
             Path(out_dir),
@@ -252,6 +259,8 @@ def train_command(
             val_fraction=val_fraction,
             patience=patience or 1,
             max_train=max_train,
+            freeze_embeddings=freeze_embeddings,
+            bf16=precision == "bf16",
             command=command,
             task_names=[name] if name and len(data) == 1 else None,
         )
@@ -399,8 +408,19 @@ def eval_command(
     help="Also evaluate the heads of this `train --mode finetune` directory on their own encoder, "
     "side by side with the frozen-encoder defaults (`make finetune` writes models/finetuned).",
 )
+@click.option(
+    "--finetuned-multilingual",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    default=None,
+    help="The same for the multilingual heads (`make finetune-multilingual` writes models/finetuned-multilingual).",
+)
 def eval_defaults_command(
-    out_dir: str, markdown: str | None, provenance: bool, strict: bool, finetuned: Path | None
+    out_dir: str,
+    markdown: str | None,
+    provenance: bool,
+    strict: bool,
+    finetuned: Path | None,
+    finetuned_multilingual: Path | None,
 ) -> None:
     """Evaluate every committed default head on its dataset with the baselines, and print the table.
 
@@ -414,7 +434,9 @@ def eval_defaults_command(
     """
     from pipelines.training import evaluate
 
-    reports = evaluate.evaluate_defaults(Path(out_dir), finetuned=finetuned)
+    reports = evaluate.evaluate_defaults(
+        Path(out_dir), finetuned=finetuned, finetuned_multilingual=finetuned_multilingual
+    )
     table = evaluate.format_table(reports)
     if provenance:
         from pipelines.registry import resolve_head_dir

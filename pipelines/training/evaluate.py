@@ -448,9 +448,12 @@ def format_table(reports: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def evaluate_defaults(out_dir: Path, progress: bool = True, finetuned: Path | None = None) -> list[dict[str, Any]]:
+def evaluate_defaults(
+    out_dir: Path, progress: bool = True, finetuned: Path | None = None, finetuned_multilingual: Path | None = None
+) -> list[dict[str, Any]]:
     """Every default head on its set with the baselines; with `finetuned` (a `train --mode finetune`
-    output directory), its heads too, on their own encoder, as `finetuned:<task>` rows."""
+    output directory), its heads too, on their own encoder, as `finetuned:<task>` rows; the same for
+    the multilingual heads with `finetuned_multilingual`."""
     encoder = Encoder()
     tuned = Encoder(EncoderSettings(model_dir=str(finetuned))) if finetuned else None
     reports = []
@@ -465,18 +468,25 @@ def evaluate_defaults(out_dir: Path, progress: bool = True, finetuned: Path | No
         stem = f"eval-{name}" if check is None else f"eval-{name}-{Path(head).name}"  # a set may be in two rows
         write_report(report, out_dir / f"{stem}.json", out_dir / f"{stem}.png")
         reports.append(report)
-    return reports + evaluate_multilingual(out_dir, reports, progress=progress)
+    return reports + evaluate_multilingual(out_dir, reports, progress=progress, finetuned=finetuned_multilingual)
 
 
-def evaluate_multilingual(out_dir: Path, english: list[dict[str, Any]], progress: bool = True) -> list[dict[str, Any]]:
+def evaluate_multilingual(
+    out_dir: Path, english: list[dict[str, Any]], progress: bool = True, finetuned: Path | None = None
+) -> list[dict[str, Any]]:
     """The multilingual heads on their Chinese sets, with the baselines and the English-only head
-    beside; and, in the English sentiment report among `english`, rows for both heads on this encoder."""
+    beside; and, in the English sentiment report among `english`, rows for both heads on this encoder.
+    With `finetuned`, its head of each default head's name too (`finetuned:<name>` rows)."""
     encoder = Encoder(EncoderSettings(model_dir=resolve_model_dir(MULTILINGUAL)))
+    tuned = Encoder(EncoderSettings(model_dir=str(finetuned))) if finetuned else None
     reports = []
     for head, name in MULTILINGUAL_DEFAULTS:
         if not datasets.is_fetched(name):
             datasets.fetch(name)
         report = evaluate(encoder, [head], name, progress=progress)
+        tuned_head = finetuned / "heads" / Path(head).name if finetuned else None
+        if tuned is not None and tuned_head is not None and tuned_head.is_dir():
+            add_finetuned(report, tuned, tuned_head, name, progress=progress)
         add_rows(report, encoder, [CROSSLINGUAL_HEAD], name, kind="crosslingual", progress=progress)
         write_report(report, out_dir / f"eval-{name}.json", out_dir / f"eval-{name}.png")
         reports.append(report)

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from pipelines.encoder import mean_pool
+from pipelines.encoder import default_prompt, mean_pool
 from pipelines.heads import Head, HeadSpec, save_head
 from pipelines.training.datasets import Dataset
 from pipelines.training.dense import seed_all
@@ -60,6 +60,8 @@ def finetune(
     val_fraction: float = 0.1,
     patience: int = 1,
     max_train: int | None = None,
+    freeze_embeddings: bool = False,
+    bf16: bool = False,
     command: str = "",
     progress: bool = True,
 ) -> dict[str, Any]:
@@ -68,19 +70,30 @@ def finetune(
     Texts are cut to their first `window` tokens for training (inference still reads windows);
     batches alternate between tasks in proportion to their size; after each epoch every task's
     validation macro-F1 is measured and the state with the best mean is kept (early stopping
-    after `patience` epochs without improvement). Writes ``out_dir`` as a Hugging Face
+    after `patience` epochs without improvement). Every text gets the encoder's prompt (e5:
+    "query: "), as at inference. `freeze_embeddings` keeps the word embeddings as they are (a
+    250k-piece vocabulary is most of e5's weights, and AdamW would update all of it every step);
+    `bf16` runs forward and backward under bf16 autocast (weights and optimizer stay fp32). Writes ``out_dir`` as a Hugging Face
     directory (config, safetensors, tokenizer) plus ``out_dir/heads/<task>/``, heads that load
     with `Classifier.load(Encoder(EncoderSettings(model_dir=out_dir)), [out_dir/heads/<task>])`.
     """
     seed_all(seed)
     t0 = time.time()
     model, tokenizer, base_name = _load_base(model_dir, model, tokenizer)
+    source = Path(model_dir) if model_dir else None
+    prompt = default_prompt(source) if source else ""
+    if freeze_embeddings:
+        model.get_input_embeddings().weight.requires_grad_(False)
     names = task_names or [d.name for d in datasets_]
     hidden = model.config.hidden_size
     tasks = [_make_task(name, data, hidden, val_fraction, seed, max_train) for name, data in zip(names, datasets_)]
     linears = nn.ModuleList([t.linear for t in tasks])
     optim = torch.optim.AdamW(
-        [{"params": model.parameters(), "lr": lr}, {"params": linears.parameters(), "lr": head_lr}], weight_decay=0.01
+        [
+            {"params": [p for p in model.parameters() if p.requires_grad], "lr": lr},
+            {"params": linears.parameters(), "lr": head_lr},
+        ],
+        weight_decay=0.01,
     )
     steps_per_epoch = sum(math.ceil(len(t.train) / batch_size) for t in tasks)
     sched = torch.optim.lr_scheduler.OneCycleLR(
@@ -94,8 +107,9 @@ def finetune(
         bar = tqdm(
             schedule, desc=f"finetune epoch {epoch}/{epochs}", unit="batch", disable=not progress, dynamic_ncols=True
         )
-        train_loss = _train_epoch(model, tokenizer, window, tasks, linears, optim, sched, bar)
-        val = _validate(model, tokenizer, window, tasks, batch_size * 2)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            train_loss = _train_epoch(model, tokenizer, window, prompt, tasks, linears, optim, sched, bar)
+            val = _validate(model, tokenizer, window, prompt, tasks, batch_size * 2)
         score = float(np.mean([v["macro_f1"] for v in val.values()]))
         history["epoch"].append(epoch)
         history["train_loss"].append(round(train_loss, 5))
@@ -112,7 +126,7 @@ def finetune(
     linears.load_state_dict(best_state[1])
     model.eval()
     out_dir = Path(out_dir)
-    version = _save_encoder(model, tokenizer, out_dir)
+    version = _save_encoder(model, tokenizer, out_dir, source)
     info = {
         "base": base_name,
         "tasks": names,
@@ -125,6 +139,9 @@ def finetune(
         "seed": seed,
         "val_fraction": val_fraction,
         "max_train": max_train,
+        "freeze_embeddings": freeze_embeddings,
+        "bf16": bf16,
+        "prompt": prompt,
         "history": history,
         "seconds": round(time.time() - t0, 1),
         "command": command,
@@ -158,9 +175,9 @@ def _make_task(name: str, data: Dataset, hidden: int, val_fraction: float, seed:
     return _Task(name, data, y, train, val, nn.Linear(hidden, len(data.labels)))
 
 
-def _pooled(model: Any, tokenizer: Any, window: int, texts: list[str]) -> torch.Tensor:
-    """The last layer mean-pooled over the first `window` tokens of each text."""
-    enc = tokenizer(texts, truncation=True, max_length=window, padding=True, return_tensors="pt")
+def _pooled(model: Any, tokenizer: Any, window: int, prompt: str, texts: list[str]) -> torch.Tensor:
+    """The last layer mean-pooled over the first `window` tokens of each text, `prompt` in front."""
+    enc = tokenizer([prompt + t for t in texts], truncation=True, max_length=window, padding=True, return_tensors="pt")
     out = model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"])
     return mean_pool(out.last_hidden_state, enc["attention_mask"])
 
@@ -180,6 +197,7 @@ def _train_epoch(
     model: Any,
     tokenizer: Any,
     window: int,
+    prompt: str,
     tasks: list[_Task],
     linears: nn.ModuleList,
     optim: torch.optim.Optimizer,
@@ -191,7 +209,7 @@ def _train_epoch(
     running, n_batches = 0.0, 0
     for k, idx in bar:
         t = tasks[k]
-        logits = t.linear(_pooled(model, tokenizer, window, t.texts(idx)))
+        logits = t.linear(_pooled(model, tokenizer, window, prompt, t.texts(idx)).float())
         loss = nn.functional.cross_entropy(logits, torch.tensor([t.y[i] for i in idx]))
         optim.zero_grad(set_to_none=True)
         loss.backward()
@@ -205,7 +223,7 @@ def _train_epoch(
 
 
 def _validate(
-    model: Any, tokenizer: Any, window: int, tasks: list[_Task], batch_size: int
+    model: Any, tokenizer: Any, window: int, prompt: str, tasks: list[_Task], batch_size: int
 ) -> dict[str, dict[str, float]]:
     """Every task's accuracy and macro-F1 on its validation split."""
     model.eval()
@@ -215,7 +233,9 @@ def _validate(
             preds: list[int] = []
             for s in range(0, len(t.val), batch_size):
                 preds += (
-                    t.linear(_pooled(model, tokenizer, window, t.texts(t.val[s : s + batch_size]))).argmax(1).tolist()
+                    t.linear(_pooled(model, tokenizer, window, prompt, t.texts(t.val[s : s + batch_size])))
+                    .argmax(1)
+                    .tolist()
                 )
             result[t.name] = summary_metrics([t.y[i] for i in t.val], preds, len(t.data.labels))
     return result
@@ -228,11 +248,20 @@ def _snapshot(model: Any, linears: nn.ModuleList) -> State:
     )
 
 
-def _save_encoder(model: Any, tokenizer: Any, out_dir: Path) -> str:
+# Files of the base directory that still hold for the fine-tuned one (its prompts, its origin).
+CARRIED = ("config_sentence_transformers.json", "PROVENANCE.md", "provenance.json")
+
+
+def _save_encoder(model: Any, tokenizer: Any, out_dir: Path, source: Path | None = None) -> str:
     """Write the Hugging Face directory (safetensors only); its weights' digest, the heads' encoder version."""
+    import shutil
+
     from pipelines.registry import file_digest
 
     out_dir.mkdir(parents=True, exist_ok=True)
+    for name in CARRIED:
+        if source is not None and (source / name).is_file():
+            shutil.copyfile(source / name, out_dir / name)
     model.save_pretrained(out_dir, safe_serialization=True)
     tokenizer.save_pretrained(out_dir)
     for stray in list(out_dir.glob("*.bin")) + list(out_dir.glob("*.pt")):

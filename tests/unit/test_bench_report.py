@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from bertstream.bench.report import format_table, ratios, targets, utilization_lines
+from bertstream.bench.report import cores_text, format_table, ratios, targets, utilization_lines
 
 
 def _report(sustainable: float | None = 420.0, fraction: float = 0.31) -> dict[str, Any]:
@@ -127,3 +127,15 @@ def test_older_reports_still_render() -> None:
     assert not any(t["target"].startswith(("sustainable", "B bf16")) for t in report["targets"])
     assert "of C)" in format_table(report)
     assert utilization_lines(None) == []
+
+
+def test_cores_split_names_the_worker_the_bench_and_the_rest() -> None:
+    from bertstream.bench.stream import cores_split, machine_cpu_seconds
+
+    before = {"machine": 100.0, "worker": 10.0, "bench": 5.0}
+    after = {"machine": 120.0, "worker": 22.0, "bench": 7.0}
+    split = cores_split(before, after, 10.0)
+    assert split == {"worker": 1.2, "bench": 0.2, "other": 0.6}
+    assert cores_split({**before, "worker": None}, after, 10.0) == {"bench": 0.2, "other": 1.8}
+    assert "worker 1.20" in cores_text(split) and "broker, Redis, other 0.60" in cores_text(split)
+    assert machine_cpu_seconds() is None or machine_cpu_seconds() > 0

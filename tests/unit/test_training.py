@@ -221,6 +221,55 @@ def test_finetune_smoke_writes_hf_dir_and_heads(tokenizer, tmp_path):
     assert {p.results["toy_b"]["label"] for p in preds} <= {"long", "short"}
 
 
+def test_finetune_from_dir_keeps_prompt_and_frozen_embeddings(tokenizer, tmp_path):
+    """A base directory with a prompt (as e5's): training sees it, the output carries it, and with
+    frozen embeddings only the rest of the encoder moves (bf16 autocast on)."""
+    from safetensors.torch import load_file
+
+    from pipelines.training.finetune import finetune
+
+    torch.manual_seed(0)
+    config = transformers.BertConfig(
+        vocab_size=tokenizer.vocab_size,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=128,
+    )
+    base = tmp_path / "base"
+    transformers.BertModel(config).save_pretrained(base, safe_serialization=True)
+    tokenizer.save_pretrained(base)
+    prompts = {"prompts": {"query": "query: ", "passage": "passage: "}, "default_prompt_name": "query"}
+    (base / "config_sentence_transformers.json").write_text(json.dumps(prompts))
+    out = tmp_path / "ft"
+    data = Dataset("toy", synthetic(48, 4), [], ["neg", "pos"])
+    info = finetune(
+        [data],
+        out,
+        model_dir=base,
+        epochs=1,
+        lr=1e-3,
+        batch_size=16,
+        window=32,
+        progress=False,
+        freeze_embeddings=True,
+        bf16=True,
+    )
+    assert info["prompt"] == "query: " and info["freeze_embeddings"] and info["bf16"]
+    before, after = load_file(base / "model.safetensors"), load_file(out / "model.safetensors")
+    words = next(k for k in before if k.endswith("word_embeddings.weight"))
+    assert torch.equal(before[words], after[words])
+    moved = [k for k in before if k != words and not torch.equal(before[k], after[k])]
+    assert any("encoder.layer" in k for k in moved)
+    enc = Encoder(
+        EncoderSettings(model_dir=out, window_tokens=32, stride_tokens=8, max_windows=2, precision="fp32", device="cpu")
+    )
+    assert enc.prompt == "query: "
+    clf = Classifier.load(enc, [str(out / "heads" / "toy")])
+    assert clf.predict(["a wonderful day"])[0].results["toy"]["label"] in {"neg", "pos"}
+
+
 def test_hybrid_ngram_kfold_chooses_c_and_beta(encoder, data, tmp_path):
     out = tmp_path / "hybrid-kfold"
     ngram = {"buckets": 64, "min_df": 1, "C": 1.0, "Cs": [0.5, 2.0], "folds": 3, "ngram_max": 1}
