@@ -49,6 +49,9 @@ class Pipeline(BaseModel):
     answer_weight: float | None = Field(None, ge=0)  # weight of the answer text in an entry's score; None: 0.25
     unanswered: str | None = None  # topic for questions that got no answer; None: the output topic
     embedding: bool = False  # add the normalized sentence vector to each output
+    # Heads used instead for events that arrive as whole e-mails ("email", "email_b64", rfc822):
+    # {task = head}; the head answers under the task's name.
+    email_heads: dict[str, str] = Field(default_factory=dict)
 
     def route_for(self, results: dict[str, dict], extra: dict[str, Any] | None = None) -> str:
         """The topic an enriched event goes to: the unanswered topic for a question with no answer,
@@ -91,10 +94,36 @@ class Pipeline(BaseModel):
             raise ValueError(f"two heads answer as {twice[0]!r}: give each head of a pipeline its own name")
         return self
 
+    @model_validator(mode="after")
+    def _email_heads_replace_tasks(self) -> Pipeline:
+        unknown = sorted(set(self.email_heads) - set(self.tasks))
+        if unknown:
+            raise ValueError(f"email_heads names {unknown[0]!r}, not a task of this pipeline ({', '.join(self.tasks)})")
+        clash = sorted({task_name(h) for h in self.email_heads.values()} & set(self.tasks))
+        if clash:
+            raise ValueError(f"email_heads: a head named {clash[0]!r} would answer as another task; use another head")
+        return self
+
     @property
     def tasks(self) -> list[str]:
         """Result keys: one per head, named after it."""
         return [task_name(h) for h in self.heads]
+
+    @property
+    def model_heads(self) -> list[str]:
+        """Every head the model runs on every text: the pipeline's, then those of `email_heads`."""
+        return list(dict.fromkeys(self.heads + list(self.email_heads.values())))
+
+    @property
+    def model_tasks(self) -> list[str]:
+        return [task_name(h) for h in self.model_heads]
+
+    def results_for(self, results: dict[str, Any], email: bool) -> dict[str, Any]:
+        """An output's results, one per task: for an e-mail, a task of `email_heads` takes its head's answer."""
+        if not self.email_heads:
+            return results
+        chosen = {t: task_name(self.email_heads[t]) if email and t in self.email_heads else t for t in self.tasks}
+        return {task: results[key] for task, key in chosen.items() if key in results}
 
     @property
     def output_topics(self) -> list[str]:

@@ -102,7 +102,7 @@ def build_models(settings: Settings, pipelines: list[Pipeline]) -> ModelSet:
             encoder = encoders[directory]
             answers = _knowledge_base(pipeline, encoder)
             models[pipeline.name] = Classifier.load(
-                encoder, pipeline.heads, answers=answers, embedding=pipeline.embedding
+                encoder, pipeline.model_heads, answers=answers, embedding=pipeline.embedding
             )
         except ModelNotFoundError as exc:
             raise ModelNotFoundError(f"pipeline {pipeline.name!r}: {exc}") from exc
@@ -127,6 +127,6 @@ def model_files(settings: Settings, pipelines: list[Pipeline]) -> list[Path]:
     from pipelines.registry import resolve_head_dir, resolve_model_dir
 
     encoders = [resolve_model_dir(_encoder_ref(settings, p)) for p in pipelines]
-    heads = [resolve_head_dir(h) for p in pipelines for h in p.heads]
+    heads = [resolve_head_dir(h) for p in pipelines for h in p.model_heads]
     answers = [p.answers for p in pipelines if p.answers is not None]
     return list(dict.fromkeys(encoders + heads + answers))

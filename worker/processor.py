@@ -90,8 +90,8 @@ class BatchProcessor:
 
     def use(self, model: Model) -> None:
         """Swap the model (hot reload); batches already started finish with the old one."""
-        version = model.version(self.pipeline.heads)
-        labels = {task: model.labels[ref] for ref, task in zip(self.pipeline.heads, self.pipeline.tasks)}
+        version = model.version(self.pipeline.model_heads)
+        labels = {task: model.labels[ref] for ref, task in zip(self.pipeline.model_heads, self.pipeline.model_tasks)}
         self.loaded = LoadedModel(model, version, {"name": model.name, "version": version}, labels)
 
     @property
@@ -172,9 +172,10 @@ class BatchProcessor:
         if found is None:  # the model failed on this text alone
             return self._dead_letter(MODEL_ERROR, "the model failed on this event; see the worker log", record)
         latency = now_ms - record.timestamp_ms if record.timestamp_ms else 0.0
+        results = self.pipeline.results_for(found.results, email=event.email is not None)
         value = encode_output(
             event,
-            found.results,
+            results,
             model.meta,
             cached=found.cached,
             truncated=found.truncated,
@@ -197,7 +198,7 @@ class BatchProcessor:
             return self._dead_letter(OUTPUT_TOO_LARGE, detail, record)
         if found.extra is not None and "answer" in found.extra:
             metrics.ANSWERS.labels(self.pipeline.name, str(found.extra["answer"] is not None).lower()).inc()
-        return Outgoing(self.pipeline.route_for(found.results, found.extra), key, value)
+        return Outgoing(self.pipeline.route_for(results, found.extra), key, value)
 
     async def _languages(
         self, slots: list[Outgoing | InputEvent | None], by_source: dict[Source, Record]
@@ -299,7 +300,7 @@ class BatchProcessor:
         if not events:
             return {}
         name = self.pipeline.name
-        keys = [cache_key(model.version, self.pipeline.tasks, e.text) for e in events]
+        keys = [cache_key(model.version, self.pipeline.model_tasks, e.text) for e in events]
         hits = await self.cache.get_many(keys)
         found: dict[Source, Found] = {}
         misses: dict[str, list[InputEvent]] = {}  # one model call per distinct text
@@ -313,7 +314,7 @@ class BatchProcessor:
         if misses:
             texts = [group[0].text for group in misses.values()]
             started = time.perf_counter()
-            predictions = await self.pool.predict(name, model.model, texts, self.pipeline.heads)
+            predictions = await self.pool.predict(name, model.model, texts, self.pipeline.model_heads)
             metrics.MODEL_SECONDS.labels(name).observe(time.perf_counter() - started)
             to_cache = {}
             for (key, group), prediction in zip(misses.items(), predictions):

@@ -260,7 +260,6 @@ def train_command(
             patience=patience or 1,
             max_train=max_train,
             freeze_embeddings=freeze_embeddings,
-            bf16=precision == "bf16",
             command=command,
             task_names=[name] if name and len(data) == 1 else None,
         )

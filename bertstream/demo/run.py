@@ -92,7 +92,7 @@ def check_models(pipelines: Mapping[str, Pipeline], model_dir: Path | None) -> N
     for name, pipeline in pipelines.items():
         try:
             resolve_model_dir(pipeline.model or model_dir)
-            for head in pipeline.heads:
+            for head in pipeline.model_heads:
                 resolve_head_dir(head)
         except ModelNotFoundError as exc:
             raise click.ClickException(f"pipeline {name!r}: {exc}") from None

@@ -61,7 +61,6 @@ def finetune(
     patience: int = 1,
     max_train: int | None = None,
     freeze_embeddings: bool = False,
-    bf16: bool = False,
     command: str = "",
     progress: bool = True,
 ) -> dict[str, Any]:
@@ -72,8 +71,9 @@ def finetune(
     validation macro-F1 is measured and the state with the best mean is kept (early stopping
     after `patience` epochs without improvement). Every text gets the encoder's prompt (e5:
     "query: "), as at inference. `freeze_embeddings` keeps the word embeddings as they are (a
-    250k-piece vocabulary is most of e5's weights, and AdamW would update all of it every step);
-    `bf16` runs forward and backward under bf16 autocast (weights and optimizer stay fp32). Writes ``out_dir`` as a Hugging Face
+    250k-piece vocabulary is most of e5's weights, and AdamW would update all of it every step).
+    Training runs in fp32: bf16 autocast was faster but learnt far worse on e5 (a 1,600-review probe:
+    validation macro-F1 0.41 against 0.80). Writes ``out_dir`` as a Hugging Face
     directory (config, safetensors, tokenizer) plus ``out_dir/heads/<task>/``, heads that load
     with `Classifier.load(Encoder(EncoderSettings(model_dir=out_dir)), [out_dir/heads/<task>])`.
     """
@@ -107,9 +107,8 @@ def finetune(
         bar = tqdm(
             schedule, desc=f"finetune epoch {epoch}/{epochs}", unit="batch", disable=not progress, dynamic_ncols=True
         )
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            train_loss = _train_epoch(model, tokenizer, window, prompt, tasks, linears, optim, sched, bar)
-            val = _validate(model, tokenizer, window, prompt, tasks, batch_size * 2)
+        train_loss = _train_epoch(model, tokenizer, window, prompt, tasks, linears, optim, sched, bar)
+        val = _validate(model, tokenizer, window, prompt, tasks, batch_size * 2)
         score = float(np.mean([v["macro_f1"] for v in val.values()]))
         history["epoch"].append(epoch)
         history["train_loss"].append(round(train_loss, 5))
@@ -140,7 +139,6 @@ def finetune(
         "val_fraction": val_fraction,
         "max_train": max_train,
         "freeze_embeddings": freeze_embeddings,
-        "bf16": bf16,
         "prompt": prompt,
         "history": history,
         "seconds": round(time.time() - t0, 1),
@@ -182,13 +180,22 @@ def _pooled(model: Any, tokenizer: Any, window: int, prompt: str, texts: list[st
     return mean_pool(out.last_hidden_state, enc["attention_mask"])
 
 
+BUCKET_BATCHES = 32  # batches per run of shuffled texts that are sorted by length before batching
+
+
 def _epoch_batches(tasks: list[_Task], batch_size: int, rng: random.Random) -> list[Batch]:
-    """Every task's training texts in shuffled batches, the batches of all tasks shuffled together."""
+    """Every task's training texts in shuffled batches, the batches of all tasks shuffled together.
+
+    Within each run of `BUCKET_BATCHES` batches the texts are sorted by length, so that a batch pads
+    little (short reviews beside long articles would otherwise pad most of it away)."""
     schedule: list[Batch] = []
     for k, t in enumerate(tasks):
         order = t.train[:]
         rng.shuffle(order)
-        schedule += [(k, order[s : s + batch_size]) for s in range(0, len(order), batch_size)]
+        run = batch_size * BUCKET_BATCHES
+        for r in range(0, len(order), run):
+            chunk = sorted(order[r : r + run], key=lambda i: len(t.data.train[i][0]))
+            schedule += [(k, chunk[s : s + batch_size]) for s in range(0, len(chunk), batch_size)]
     rng.shuffle(schedule)
     return schedule
 
@@ -209,7 +216,7 @@ def _train_epoch(
     running, n_batches = 0.0, 0
     for k, idx in bar:
         t = tasks[k]
-        logits = t.linear(_pooled(model, tokenizer, window, prompt, t.texts(idx)).float())
+        logits = t.linear(_pooled(model, tokenizer, window, prompt, t.texts(idx)))
         loss = nn.functional.cross_entropy(logits, torch.tensor([t.y[i] for i in idx]))
         optim.zero_grad(set_to_none=True)
         loss.backward()
@@ -230,14 +237,15 @@ def _validate(
     result = {}
     with torch.no_grad():
         for t in tasks:
+            val = sorted(t.val, key=lambda i: len(t.data.train[i][0]))  # by length: little padding
             preds: list[int] = []
-            for s in range(0, len(t.val), batch_size):
+            for s in range(0, len(val), batch_size):
                 preds += (
-                    t.linear(_pooled(model, tokenizer, window, prompt, t.texts(t.val[s : s + batch_size])))
+                    t.linear(_pooled(model, tokenizer, window, prompt, t.texts(val[s : s + batch_size])))
                     .argmax(1)
                     .tolist()
                 )
-            result[t.name] = summary_metrics([t.y[i] for i in t.val], preds, len(t.data.labels))
+            result[t.name] = summary_metrics([t.y[i] for i in val], preds, len(t.data.labels))
     return result
 
 

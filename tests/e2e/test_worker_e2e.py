@@ -18,15 +18,18 @@ from kafka import KafkaConsumer, KafkaProducer
 from bertstream.devservices.process import free_port, log_tail, stop_process_group
 from bertstream.devservices.stack import worker_env
 from bertstream.devservices.worker_process import start_worker_process, wait_ready
+from pipelines.classifier import Classifier
+from pipelines.encoder import Encoder
 from pipelines.heads import load_head
 from pipelines.registry import resolve_head_dir
 from worker.cache import cache_key
-from worker.codec import raw_bytes
+from worker.codec import Source, decode, raw_bytes
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration]
 
 DEMO = Path(__file__).resolve().parents[2] / "bertstream" / "demo" / "data"
 HEADS = ["email_topic", "spam", "sentiment"]
+EMAIL_SPAM = "spam_email"  # the spam head for whole e-mails (email_heads)
 MALFORMED = [
     b'{"text": "unterminated',
     b'["not", "an", "object"]',
@@ -53,6 +56,7 @@ def worker(kafka_bootstrap: str, redis_url: str, tmp_path_factory: pytest.TempPa
         f'[pipelines.e2e]\ninput = "{topics["in"]}"\noutput = "{topics["out"]}"\ndead_letter = "{topics["dead"]}"\n'
         f"heads = {json.dumps(HEADS)}\n"
         f'routes = [{{ head = "spam", label = "spam", topic = "{topics["spam"]}" }}]\n'
+        f'email_heads = {{ spam = "{EMAIL_SPAM}" }}\n'
     )
     port = free_port()
     env = worker_env(
@@ -126,7 +130,7 @@ def test_events_classified_dead_lettered_and_cached(worker: dict[str, Any]) -> N
     texts = _texts(40)
     # A cold cache for these texts: an earlier run on this Redis may have cached them (24 h TTL).
     version = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{worker['port']}/readyz", timeout=5).read())["model"]
-    redis.Redis.from_url(worker["redis_url"]).delete(*[cache_key(version, HEADS, x) for x in texts])
+    redis.Redis.from_url(worker["redis_url"]).delete(*[cache_key(version, HEADS + [EMAIL_SPAM], x) for x in texts])
     first = [json.dumps({"id": f"a-{i}", "text": x, "metadata": {"n": i}}).encode() for i, x in enumerate(texts)]
     sources = _produce(bootstrap, t["in"], first + MALFORMED)
     bad_sources = {s: raw for s, raw in zip(sources[len(first) :], MALFORMED)}
@@ -204,11 +208,18 @@ def test_raw_mime_messages_through_the_worker(worker: dict[str, Any]) -> None:
         "Menu du jour à partir de lundi",
         "季度总结会通知",
     }
+    # The spam answer of an e-mail is the e-mail head's: the same text offline, through both heads.
+    parsed = {e.id: e.text for e in (decode(v, Source("x", 0, i)) for i, v in enumerate(values))}
+    offline = Classifier.load(Encoder(), ["spam", EMAIL_SPAM]).predict(list(parsed.values()))
+    spam_score = {i: {k: r["scores"]["spam"] for k, r in p.results.items()} for i, p in zip(parsed, offline)}
     for topic, doc in mine.values():
         assert doc["id"] == doc["email"]["message_id"]  # the Message-ID is the default id
         assert doc["email"]["from"] and doc["email"]["date"]
         assert set(doc["results"]) == set(HEADS)
         assert (topic == t["spam"]) == (doc["results"]["spam"]["label"] == "spam")
+        assert abs(doc["results"]["spam"]["scores"]["spam"] - spam_score[doc["id"]][EMAIL_SPAM]) < 0.05
+    # The two heads disagree enough on these messages for the check above to tell them apart.
+    assert max(abs(s["spam"] - s[EMAIL_SPAM]) for s in spam_score.values()) > 0.2
     dead = [doc for topic, doc in got if topic == t["dead"] and doc["error"] == "email_malformed"]
     assert any(raw_bytes(doc) == broken for doc in dead)
 

@@ -107,6 +107,11 @@ def test_packaged_pipelines() -> None:
     assert multilingual.model == support.model == "multilingual" and not multilingual.languages
     assert support.answers is not None and support.answers.is_file()
     assert support.unanswered == "support.unanswered"
+    # Whole e-mails get the head trained on whole e-mails; bare texts the one trained on both.
+    assert email.email_heads == {"spam": "spam_email"} and email.model_heads == ["spam", "sentiment", "spam_email"]
+    answers = {"spam": {"label": "ham"}, "spam_email": {"label": "spam"}, "sentiment": {"label": "neutral"}}
+    assert email.results_for(answers, email=True) == {"spam": {"label": "spam"}, "sentiment": {"label": "neutral"}}
+    assert email.results_for(answers, email=False) == {"spam": {"label": "ham"}, "sentiment": {"label": "neutral"}}
 
 
 def test_route_for() -> None:
@@ -191,6 +196,8 @@ def test_file_without_pipelines(tmp_path: Path) -> None:
         ('input = "i"\noutput = "o"\ndead_letter = "d"\nanswers = "kb.jsonl"\nanswer_top_k = 0\n', "answer_top_k"),
         ('input = "i"\noutput = "o"\ndead_letter = "d"\nanswers = "kb.jsonl"\nanswer_threshold = 1.5\n', "cosine"),
         ('input = "i"\noutput = "o"\ndead_letter = "d"\nanswers = "k"\nanswer_threshold = { en = 0.8 }\n', "default"),
+        ('input = "i"\noutput = "o"\ndead_letter = "d"\nheads = ["s"]\nemail_heads = { spam = "x" }\n', "not a task"),
+        ('input = "i"\noutput = "o"\ndead_letter = "d"\nheads = ["s", "t"]\nemail_heads = { s = "t" }\n', "answer as"),
     ],
 )
 def test_invalid_pipeline_table(tmp_path: Path, body: str, expect: str) -> None:

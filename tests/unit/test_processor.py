@@ -205,3 +205,48 @@ def test_a_lasting_model_failure_is_not_dead_lettered() -> None:
     finally:
         pool.shutdown()
     assert [o.dead_letter for o in out if o is not None] == [False, False, False]
+
+
+class TwoSpamHeads(FakeModel):
+    """ "spam" says ham and "spam_email" says spam, whatever the text."""
+
+    @property
+    def labels(self) -> dict[str, list[str]]:
+        return {"spam": LABELS, "spam_email": LABELS}
+
+    def run(self, prepared: list[str], tasks: list[str] | None = None) -> list[Prediction]:
+        with self.lock:
+            self.runs.append(list(tasks or []))
+        answer = {
+            "spam": {"label": "ham", "score": 0.8, "scores": {"ham": 0.8, "spam": 0.2}},
+            "spam_email": {"label": "spam", "score": 0.7, "scores": {"ham": 0.3, "spam": 0.7}},
+        }
+        return [Prediction({t: answer[t] for t in tasks or answer}, False) for _ in prepared]
+
+
+def test_an_email_takes_the_email_head_and_a_bare_text_the_pipelines() -> None:
+    pipeline = PIPELINE.model_copy(update={"email_heads": {"spam": "spam_email"}})
+    model = TwoSpamHeads()
+    message = "From: a@example.com\r\nSubject: hello\r\nMessage-ID: <m1@example.com>\r\n\r\nsee you at noon\r\n"
+    pool = ModelPool(1)
+
+    async def scenario() -> list[Outgoing]:
+        await pool.acquire(pipeline.name)
+        processor = BatchProcessor(pipeline, model, ResultCache(None, 0), pool)
+        values = [event("see you at noon"), json.dumps({"email": message}).encode()]
+        records = [Record(raw=v, key=None, source=Source("in", 0, i)) for i, v in enumerate(values)]
+        return await processor.process(records)
+
+    try:
+        bare, mail = asyncio.run(scenario())
+    finally:
+        pool.shutdown()
+    assert model.runs == [["spam", "spam_email"]]  # one model call, both heads, every text
+    assert json.loads(bare.value)["results"] == {
+        "spam": {"label": "ham", "score": 0.8, "scores": {"ham": 0.8, "spam": 0.2}}
+    }
+    assert (
+        json.loads(mail.value)["results"]["spam"]["label"] == "spam"
+        and "spam_email" not in json.loads(mail.value)["results"]
+    )
+    assert (bare.topic, mail.topic) == ("out", "out.spam")  # routes read the chosen answer
