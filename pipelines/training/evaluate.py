@@ -34,7 +34,8 @@ from pipelines.training.train import split_features
 DEFAULTS: list[tuple[str, str]] = [
     ("sentiment", "vader"),
     ("sentiment", "vader_nyt"),
-    ("spam", "spamassassin"),
+    ("spam_email", "spamassassin"),  # the email pipeline's spam answer on whole e-mails
+    ("spam", "spamassassin"),  # ... and on bare texts (also judged on e-mail, and on the checks below)
     ("spam", "spam_mix"),
     ("spam", "sms_spam"),
     ("spam", "short_messages"),
@@ -457,6 +458,7 @@ def evaluate_defaults(
     encoder = Encoder()
     tuned = Encoder(EncoderSettings(model_dir=str(finetuned))) if finetuned else None
     reports = []
+    seen: set[str] = set()
     for head, name in DEFAULTS:
         if not datasets.is_fetched(name):
             datasets.fetch(name)
@@ -465,7 +467,9 @@ def evaluate_defaults(
         tuned_head = finetuned / "heads" / head if finetuned else None
         if tuned is not None and tuned_head is not None and tuned_head.is_dir():
             add_finetuned(report, tuned, tuned_head, name, progress=progress)
-        stem = f"eval-{name}" if check is None else f"eval-{name}-{Path(head).name}"  # a set may be in two rows
+        plain = check is None and name not in seen  # a set may be in several rows: the others name their head
+        stem = f"eval-{name}" if plain else f"eval-{name}-{Path(head).name}"
+        seen.add(name)
         write_report(report, out_dir / f"{stem}.json", out_dir / f"{stem}.png")
         reports.append(report)
     return reports + evaluate_multilingual(out_dir, reports, progress=progress, finetuned=finetuned_multilingual)
