@@ -12,6 +12,9 @@ Rules:
 - Chinese varieties the model tells apart (Wu, Cantonese) count as "zh", Egyptian Arabic as "ar",
   South Azerbaijani as "az": the model's probabilities of the top labels are summed per code.
   A language with no ISO 639-1 code keeps the model's 3-letter code (e.g. "ceb").
+- Han script alone: a text whose letters are all Han ideographs (no kana, no hangul) and that the
+  model is less than `SCRIPT_CONFIDENCE` sure of is Chinese at `SCRIPT_CONFIDENCE` ("退款", "垃圾":
+  the model says nothing for many two-character words).
 - Deterministic, and safe to call from any thread: the model is built once, under a lock, on the
   first call; fastText's prediction keeps no state between calls.
 """
@@ -27,6 +30,10 @@ PREFIX_CHARS = 1_000
 # The model's answer to a text with no features at all is "en" at 0.12; under 0.3 an answer is
 # hardly better than that (see docs/language.md for what other thresholds give on the test set).
 MIN_CONFIDENCE = 0.3
+
+# What a Han-only text the model is unsure of counts as: as sure as a pipeline needs to act on it.
+SCRIPT_CONFIDENCE = 0.5
+_HAN = ((0x3400, 0x4DBF), (0x4E00, 0x9FFF), (0xF900, 0xFAFF), (0x20000, 0x323AF))
 
 _TOP_K = 3
 # Members of an ISO 639 macrolanguage that has a 639-1 code, as lid.176 labels them.
@@ -96,6 +103,13 @@ def detect(text: str, min_confidence: float = MIN_CONFIDENCE) -> Language:
         code = _MACRO.get(entry["lang"], entry["lang"])
         scores[code] = scores.get(code, 0.0) + float(entry["score"])
     code, confidence = max(scores.items(), key=lambda item: item[1])
+    if confidence < SCRIPT_CONFIDENCE and _han_only(prefix):
+        return Language("zh", SCRIPT_CONFIDENCE)
     if confidence < min_confidence:
         return UNDETERMINED
     return Language(code, round(min(confidence, 1.0), 4))
+
+
+def _han_only(text: str) -> bool:
+    letters = [ord(ch) for ch in text if ch.isalpha()]
+    return bool(letters) and all(any(lo <= c <= hi for lo, hi in _HAN) for c in letters)

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from pipelines import language
-from pipelines.language import PREFIX_CHARS, UND, Language, detect
+from pipelines.language import PREFIX_CHARS, UND, Language, _han_only, detect
 
 ROOT = Path(__file__).resolve().parents[2]
 SAMPLES = [
@@ -85,6 +85,13 @@ def test_chinese_varieties_count_as_chinese() -> None:
     # The model labels these "yue" (Cantonese) and "wuu" (Wu).
     assert detect("佢哋今日去咗邊度食飯呀？").code == "zh"
     assert detect("阿拉今朝去外婆屋里向吃饭").code == "zh"
+
+
+def test_han_only_text_the_model_is_unsure_of_is_chinese() -> None:
+    assert detect("退款") == detect("垃圾") == Language("zh", 0.5)  # the model alone: und
+    assert detect("服务很差").confidence > 0.5  # the model's own answer when it is sure
+    assert detect("東京").code == "ja" and detect("ありがとう").code == "ja"  # the model is sure of these
+    assert not _han_only("退款 refund") and not _han_only("東京へ") and _han_only("退款！123")  # letters only count
 
 
 def test_confidence_and_the_threshold() -> None:
