@@ -80,7 +80,7 @@ class Encoder:
             model_dir = Path(settings.model_dir) if settings.model_dir else default_model_dir()
             model, tokenizer = _load(model_dir)
             self.name = _model_name(model_dir)
-            files = file_digest(sorted(p for p in model_dir.iterdir() if p.is_file() and p.suffix in MODEL_FILES))
+            files = files_digest(model_dir)
             self.prompt = default_prompt(model_dir)
             self.prompts: dict[str, str] = _prompts(model_dir)
         else:
@@ -237,6 +237,11 @@ def _load(model_dir: Path) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
         ) from exc
     model.eval()
     return model, tokenizer
+
+
+def files_digest(model_dir: Path) -> str:
+    """The content hash of a model directory's weights, config and tokenizer: what a head is tied to."""
+    return file_digest(sorted(p for p in Path(model_dir).iterdir() if p.is_file() and p.suffix in MODEL_FILES))
 
 
 def default_prompt(model_dir: Path) -> str:

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from pipelines.encoder import default_prompt, mean_pool
+from pipelines.encoder import default_prompt, files_digest, mean_pool
 from pipelines.heads import Head, HeadSpec, save_head
 from pipelines.training.datasets import Dataset
 from pipelines.training.dense import seed_all
@@ -144,9 +144,9 @@ def finetune(
         "seconds": round(time.time() - t0, 1),
         "command": command,
     }
+    (out_dir / "bertstream_finetune.json").write_text(json.dumps(info, indent=2) + "\n")  # before the digest
     for t in tasks:
         _save_task_head(t, out_dir, hidden, version, info)
-    (out_dir / "bertstream_finetune.json").write_text(json.dumps(info, indent=2) + "\n")
     return info
 
 
@@ -287,7 +287,12 @@ def _save_task_head(t: _Task, out_dir: Path, hidden: int, version: str, info: di
         layers=[-1],
         hidden=0,
         dropout=0.0,
-        encoder={"name": out_dir.name, "version": version, "train_window_tokens": window},
+        encoder={
+            "name": out_dir.name,
+            "version": version,
+            "files": files_digest(out_dir),
+            "train_window_tokens": window,
+        },
     )
     head = Head(spec)
     with torch.no_grad():

@@ -265,6 +265,7 @@ def test_finetune_from_dir_keeps_prompt_and_frozen_embeddings(tokenizer, tmp_pat
         EncoderSettings(model_dir=out, window_tokens=32, stride_tokens=8, max_windows=2, precision="fp32", device="cpu")
     )
     assert enc.prompt == "query: "
+    assert json.loads((out / "heads" / "toy" / "head.json").read_text())["encoder"]["files"] == enc.files  # tied to it
     clf = Classifier.load(enc, [str(out / "heads" / "toy")])
     assert clf.predict(["a wonderful day"])[0].results["toy"]["label"] in {"neg", "pos"}
 
