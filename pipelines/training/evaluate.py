@@ -456,7 +456,7 @@ def evaluate_defaults(
     output directory), its heads too, on their own encoder, as `finetuned:<task>` rows; the same for
     the multilingual heads with `finetuned_multilingual`."""
     encoder = Encoder()
-    tuned = Encoder(EncoderSettings(model_dir=str(finetuned))) if finetuned else None
+    tuned = _tuned(finetuned)
     reports = []
     seen: set[str] = set()
     for head, name in DEFAULTS:
@@ -464,9 +464,7 @@ def evaluate_defaults(
             datasets.fetch(name)
         check = CHECKS.get((head, name))
         report = evaluate(encoder, [head], name, progress=progress, check=check)
-        tuned_head = finetuned / "heads" / head if finetuned else None
-        if tuned is not None and tuned_head is not None and tuned_head.is_dir():
-            add_finetuned(report, tuned, tuned_head, name, progress=progress)
+        _add_tuned(report, tuned, head, name, progress)
         plain = check is None and name not in seen  # a set may be in several rows: the others name their head
         stem = f"eval-{name}" if plain else f"eval-{name}-{Path(head).name}"
         seen.add(name)
@@ -482,15 +480,13 @@ def evaluate_multilingual(
     beside; and, in the English sentiment report among `english`, rows for both heads on this encoder.
     With `finetuned`, its head of each default head's name too (`finetuned:<name>` rows)."""
     encoder = Encoder(EncoderSettings(model_dir=resolve_model_dir(MULTILINGUAL)))
-    tuned = Encoder(EncoderSettings(model_dir=str(finetuned))) if finetuned else None
+    tuned = _tuned(finetuned)
     reports = []
     for head, name in MULTILINGUAL_DEFAULTS:
         if not datasets.is_fetched(name):
             datasets.fetch(name)
         report = evaluate(encoder, [head], name, progress=progress)
-        tuned_head = finetuned / "heads" / Path(head).name if finetuned else None
-        if tuned is not None and tuned_head is not None and tuned_head.is_dir():
-            add_finetuned(report, tuned, tuned_head, name, progress=progress)
+        _add_tuned(report, tuned, head, name, progress)
         add_rows(report, encoder, [CROSSLINGUAL_HEAD], name, kind="crosslingual", progress=progress)
         write_report(report, out_dir / f"eval-{name}.json", out_dir / f"eval-{name}.png")
         reports.append(report)
@@ -500,6 +496,23 @@ def evaluate_multilingual(
             add_rows(report, encoder, sentiment + [CROSSLINGUAL_HEAD], "vader", kind="multilingual", progress=progress)
             write_report(report, out_dir / "eval-vader.json", out_dir / "eval-vader.png")
     return reports
+
+
+def _tuned(finetuned: Path | None) -> tuple[Encoder, Path] | None:
+    """A `train --mode finetune` directory's encoder, with the directory."""
+    return (Encoder(EncoderSettings(model_dir=str(finetuned))), finetuned) if finetuned else None
+
+
+def _add_tuned(
+    report: dict[str, Any], tuned: tuple[Encoder, Path] | None, head: str, source: str, progress: bool
+) -> None:
+    """The fine-tuned head of `head`'s name, when the directory has one, as a `finetuned:` row."""
+    if tuned is None:
+        return
+    encoder, root = tuned
+    head_dir = root / "heads" / Path(head).name
+    if head_dir.is_dir():
+        add_finetuned(report, encoder, head_dir, source, progress=progress)
 
 
 def add_rows(

@@ -145,8 +145,9 @@ def finetune(
         "command": command,
     }
     (out_dir / "bertstream_finetune.json").write_text(json.dumps(info, indent=2) + "\n")  # before the digest
+    files = files_digest(out_dir)  # hashes the whole encoder: once for all heads
     for t in tasks:
-        _save_task_head(t, out_dir, hidden, version, info)
+        _save_task_head(t, out_dir, hidden, version, files, info)
     return info
 
 
@@ -277,7 +278,7 @@ def _save_encoder(model: Any, tokenizer: Any, out_dir: Path, source: Path | None
     return file_digest(sorted(out_dir.glob("*.safetensors")))
 
 
-def _save_task_head(t: _Task, out_dir: Path, hidden: int, version: str, info: dict[str, Any]) -> None:
+def _save_task_head(t: _Task, out_dir: Path, hidden: int, version: str, files: str, info: dict[str, Any]) -> None:
     """``out_dir/heads/<task>``: the task's linear layer as a Head over the fine-tuned encoder's last layer."""
     history, best_epoch, window = info["history"], info["best_epoch"], info["window"]
     spec = HeadSpec(
@@ -290,7 +291,7 @@ def _save_task_head(t: _Task, out_dir: Path, hidden: int, version: str, info: di
         encoder={
             "name": out_dir.name,
             "version": version,
-            "files": files_digest(out_dir),
+            "files": files,
             "train_window_tokens": window,
         },
     )
