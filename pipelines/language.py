@@ -34,6 +34,8 @@ MIN_CONFIDENCE = 0.3
 # What a Han-only text the model is unsure of counts as: as sure as a pipeline needs to act on it.
 SCRIPT_CONFIDENCE = 0.5
 _HAN = ((0x3400, 0x4DBF), (0x4E00, 0x9FFF), (0xF900, 0xFAFF), (0x20000, 0x323AF))
+# The same ranges as a regular-expression character class body.
+HAN_CLASS = "".join(f"\\U{lo:08x}-\\U{hi:08x}" for lo, hi in _HAN)
 
 _TOP_K = 3
 # Members of an ISO 639 macrolanguage that has a 639-1 code, as lid.176 labels them.
@@ -110,6 +112,12 @@ def detect(text: str, min_confidence: float = MIN_CONFIDENCE) -> Language:
     return Language(code, round(min(confidence, 1.0), 4))
 
 
+def is_han(ch: str) -> bool:
+    """A Han ideograph (CJK unified ideographs, extensions A to H, compatibility ideographs)."""
+    c = ord(ch)
+    return any(lo <= c <= hi for lo, hi in _HAN)
+
+
 def _han_only(text: str) -> bool:
-    letters = [ord(ch) for ch in text if ch.isalpha()]
-    return bool(letters) and all(any(lo <= c <= hi for lo, hi in _HAN) for c in letters)
+    letters = [ch for ch in text if ch.isalpha()]
+    return bool(letters) and all(is_han(ch) for ch in letters)

@@ -1,6 +1,8 @@
 """Hashed word n-gram TF-IDF features with no stored vocabulary, for hybrid heads.
 
-A text is lower-cased and split into words (``\\b\\w\\w+\\b``, as scikit-learn's default); its
+A text is lower-cased and split into tokens: words (``\\b\\w\\w+\\b``, as scikit-learn's default),
+or with ``tokens = "han_chars"`` every Han ideograph on its own and the other words as before, so
+that Chinese, written without spaces, gets character n-grams and English still gets words. Token
 1..n-grams are hashed with CRC-32 into ``n_features`` buckets (the HashingVectorizer idea, with
 a hash every Python has). Training keeps the ``buckets`` most informative buckets (document
 frequency >= ``min_df``, ranked by a chi-square score against the labels) and their idf; the
@@ -20,12 +22,15 @@ from typing import Any
 import numpy as np
 import torch
 
+from pipelines.language import HAN_CLASS
+
 TOKEN = re.compile(r"(?u)\b\w\w+\b")
-DEFAULTS = {"n_features": 1 << 20, "ngram_max": 2, "min_df": 2, "max_chars": 100_000}
+TOKENIZERS = {"words": TOKEN, "han_chars": re.compile(rf"[{HAN_CLASS}]|(?:(?![{HAN_CLASS}])\w){{2,}}")}
+DEFAULTS = {"n_features": 1 << 20, "ngram_max": 2, "min_df": 2, "max_chars": 100_000, "tokens": "words"}
 
 
-def _hashed_counts(text: str, n_features: int, ngram_max: int, max_chars: int) -> dict[int, int]:
-    words = TOKEN.findall(text[:max_chars].lower())
+def _hashed_counts(text: str, n_features: int, ngram_max: int, max_chars: int, tokens: str) -> dict[int, int]:
+    words = TOKENIZERS[tokens].findall(text[:max_chars].lower())
     counts: dict[int, int] = {}
     crc = zlib.crc32
     mask = n_features - 1
@@ -44,8 +49,11 @@ class NgramFeaturizer:
     n_features: int = DEFAULTS["n_features"]
     ngram_max: int = DEFAULTS["ngram_max"]
     max_chars: int = DEFAULTS["max_chars"]
+    tokens: str = DEFAULTS["tokens"]
 
     def __post_init__(self) -> None:
+        if self.tokens not in TOKENIZERS:
+            raise ValueError(f"unknown n-gram tokens {self.tokens!r}: one of {', '.join(TOKENIZERS)}")
         self._column = {b: j for j, b in enumerate(self.buckets)}
         self._idf = np.asarray(self.idf, dtype=np.float32)
 
@@ -59,7 +67,10 @@ class NgramFeaturizer:
             raise ValueError("n_features must be a power of two")
         df = np.zeros(n_features, dtype=np.int64)
         class_tf = np.zeros((n_classes, n_features), dtype=np.float32)
-        docs = [_hashed_counts(t, n_features, int(opts["ngram_max"]), int(opts["max_chars"])) for t in texts]
+        tokens = str(opts["tokens"])
+        if tokens not in TOKENIZERS:
+            raise ValueError(f"unknown n-gram tokens {tokens!r}: one of {', '.join(TOKENIZERS)}")
+        docs = [_hashed_counts(t, n_features, int(opts["ngram_max"]), int(opts["max_chars"]), tokens) for t in texts]
         for counts, y in zip(docs, labels):
             keys = np.fromiter(counts.keys(), dtype=np.int64, count=len(counts))
             df[keys] += 1
@@ -77,7 +88,12 @@ class NgramFeaturizer:
         keep = np.sort(np.argpartition(-chi, k - 1)[:k]) if k > 0 else np.zeros(0, dtype=np.int64)
         idf = np.log((1 + n_docs) / (1 + df[keep])) + 1.0
         return cls(
-            [int(b) for b in keep], [float(v) for v in idf], n_features, int(opts["ngram_max"]), int(opts["max_chars"])
+            [int(b) for b in keep],
+            [float(v) for v in idf],
+            n_features,
+            int(opts["ngram_max"]),
+            int(opts["max_chars"]),
+            tokens,
         )
 
     def spec(self) -> dict[str, Any]:
@@ -87,7 +103,8 @@ class NgramFeaturizer:
             "ngram_max": self.ngram_max,
             "max_chars": self.max_chars,
             "hash": "crc32",
-            "token_pattern": TOKEN.pattern,
+            "tokens": self.tokens,
+            "token_pattern": TOKENIZERS[self.tokens].pattern,
             "weighting": "sublinear tf * idf, l2",
         }
 
@@ -99,6 +116,7 @@ class NgramFeaturizer:
             int(spec.get("n_features", DEFAULTS["n_features"])),
             int(spec.get("ngram_max", 2)),
             int(spec.get("max_chars", DEFAULTS["max_chars"])),
+            str(spec.get("tokens", "words")),  # heads trained before the option are "words"
         )
 
     def transform(self, texts: Sequence[str]) -> torch.Tensor:
@@ -108,7 +126,7 @@ class NgramFeaturizer:
         vals: list[float] = []
         column = self._column
         for i, text in enumerate(texts):
-            counts = _hashed_counts(text, self.n_features, self.ngram_max, self.max_chars)
+            counts = _hashed_counts(text, self.n_features, self.ngram_max, self.max_chars, self.tokens)
             js, vs = [], []
             for b, c in counts.items():
                 j = column.get(b)

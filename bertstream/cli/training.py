@@ -179,6 +179,13 @@ def data_command(names: tuple[str, ...], force: bool, list_only: bool) -> None:
     help="Longest word n-gram of the n-gram part (1: words only).",
 )
 @click.option(
+    "--ngram-tokens",
+    type=click.Choice(["words", "han_chars"]),
+    default="words",
+    show_default=True,
+    help="What the n-gram part counts: words, or also each Han ideograph on its own (character n-grams for Chinese).",
+)
+@click.option(
     "--freeze-embeddings/--train-embeddings",
     default=False,
     show_default=True,
@@ -220,6 +227,7 @@ def train_command(
     ngram_c,
     ngram_folds,
     ngram_max,
+    ngram_tokens,
     freeze_embeddings,
     half,
     refit,
@@ -273,6 +281,8 @@ def train_command(
     if len(cs) != 1 and not ngram_folds:
         raise click.BadParameter("several values need --ngram-folds to choose among them", param_hint="--ngram-c")
     ngram = {"buckets": ngram_buckets, "C": cs[0], "ngram_max": ngram_max} if ngram_buckets else {}
+    if ngram and ngram_tokens != "words":
+        ngram["tokens"] = ngram_tokens
     if ngram and ngram_folds:
         ngram["folds"] = ngram_folds
         if len(cs) > 1:

