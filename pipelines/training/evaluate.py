@@ -183,14 +183,18 @@ def head_predictions(
     if restricted:
         info["restricted_to"] = list(data.labels)
     trained = head.spec.encoder or {}
-    mismatch = [
-        k
-        for k in ("version", "window_tokens", "stride_tokens", "max_windows")
-        if k in trained and trained[k] != _encoder_info(encoder).get(k)
-    ]
+    mismatch = encoder_mismatch(trained, _encoder_info(encoder))
     if mismatch:
         info["warning"] = f"head trained with different encoder {', '.join(mismatch)}: {trained}"
     return pred, info
+
+
+def encoder_mismatch(trained: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    """What differs between the encoder a head was trained on and the one evaluating it: its files
+    (weights, config, tokenizer: what the worker checks; "version" for heads that predate "files")
+    and how texts are cut into windows. Precision and device are not a different encoder."""
+    keys = ("files" if "files" in trained else "version", "window_tokens", "stride_tokens", "max_windows")
+    return [k for k in keys if k in trained and trained[k] != current.get(k)]
 
 
 def _encoder_info(encoder: Encoder) -> dict[str, Any]:
@@ -198,6 +202,7 @@ def _encoder_info(encoder: Encoder) -> dict[str, Any]:
     return {
         "name": encoder.name,
         "version": encoder.version,
+        "files": encoder.files,
         "window_tokens": s.window_tokens,
         "stride_tokens": s.stride_tokens,
         "max_windows": s.max_windows,

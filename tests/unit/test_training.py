@@ -314,4 +314,19 @@ def test_eval_reports_frozen_and_finetuned_side_by_side(encoder, tokenizer, tmp_
     assert names[:2] == ["head:toy", "finetuned:toy"] and "tfidf+logreg" in names
     row = report["models"]["finetuned:toy"]
     assert row["kind"] == "finetuned" and 0.0 <= row["accuracy"] <= 1.0 and row["encoder"]["name"] == "ft"
+    # Each head is read by the encoder it was trained on: no warning of a different one.
+    assert "warning" not in row["head"] and "warning" not in report["models"]["head:toy"]["head"]
     assert "finetuned:toy" in format_table([report])
+
+
+def test_encoder_mismatch_compares_files_and_windows():
+    from pipelines.training.evaluate import encoder_mismatch
+
+    current = {"version": "run-b", "files": "f1", "window_tokens": 256, "stride_tokens": 64, "max_windows": 8}
+    # Fine-tuned heads record a weights digest as "version": the files decide, as in the worker.
+    assert encoder_mismatch({"version": "digest", "files": "f1", "window_tokens": 256}, current) == []
+    assert encoder_mismatch({"version": "run-b", "files": "f2", "stride_tokens": 32}, current) == [
+        "files",
+        "stride_tokens",
+    ]
+    assert encoder_mismatch({"version": "run-a"}, current) == ["version"]  # a head from before "files"
