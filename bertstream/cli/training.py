@@ -337,7 +337,7 @@ def train_command(
     "report_path",
     type=click.Path(dir_okay=False),
     default=None,
-    help="JSON report path (default: eval-<data>.json).",
+    help="JSON report path (default: reports/eval-<data>.json).",
 )
 @click.option(
     "--figure",
@@ -391,7 +391,7 @@ def eval_command(
         baselines=baselines,
         target=target,
     )
-    report_path = Path(report_path or f"eval-{report['dataset']}.json")
+    report_path = Path(report_path or f"reports/eval-{report['dataset']}.json")
     evaluate.write_report(report, report_path, Path(figure_path) if figure_path else report_path.with_suffix(".png"))
     click.echo(evaluate.format_table([report]))
     click.echo(f"wrote {report_path}")

@@ -219,6 +219,58 @@ def test_finetune_smoke_writes_hf_dir_and_heads(tokenizer, tmp_path):
     assert {p.results["toy_b"]["label"] for p in preds} <= {"long", "short"}
 
 
+def test_eval_cli_writes_its_report_under_reports(tokenizer, tmp_path, monkeypatch):
+    """`bertstream eval` without --report writes reports/eval-<data>.json (git-ignored), not into
+    the directory it runs from."""
+    from click.testing import CliRunner
+
+    from bertstream.cli.training import eval_command
+    from pipelines.training.finetune import finetune
+
+    torch.manual_seed(0)
+    out = tmp_path / "ft"
+    train = Dataset("toy", synthetic(32, 4), [], ["neg", "pos"])
+    finetune(
+        [train],
+        out,
+        model=transformers.BertModel(tiny_config(tokenizer)),
+        tokenizer=tokenizer,
+        epochs=1,
+        lr=1e-3,
+        batch_size=16,
+        window=32,
+        progress=False,
+    )
+    (tmp_path / "toy.csv").write_text("text,label\n" + "".join(f"{t},{lab}\n" for t, lab in synthetic(20, 6)))
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(
+        eval_command,
+        [
+            "--head",
+            str(out / "heads" / "toy"),
+            "--model-dir",
+            str(out),
+            "--data",
+            "toy.csv",
+            "--no-baselines",
+            "--window",
+            "32",
+            "--stride",
+            "8",
+            "--max-windows",
+            "2",
+            "--precision",
+            "fp32",
+            "--device",
+            "cpu",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "reports" / "eval-toy.json").read_text())
+    assert report["dataset"] == "toy" and (tmp_path / "reports" / "eval-toy.png").is_file()
+    assert not list(tmp_path.glob("eval-*"))
+
+
 def test_finetune_from_dir_keeps_prompt_and_frozen_embeddings(tokenizer, tmp_path):
     """A base directory with a prompt (as e5's): training sees it, the output carries it, and with
     frozen embeddings only the rest of the encoder moves."""
