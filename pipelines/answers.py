@@ -17,6 +17,7 @@ import json
 import logging
 import math
 import os
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,6 +44,9 @@ DEFAULT_THRESHOLD: Threshold = 0.865
 RESERVED = ("id", "question", "answer")
 CHUNK = 256  # phrasings per embed() call: the unit of the progress bar
 PROGRESS_FROM = 300  # phrasings: below this, encoding is quick and quiet
+# Cache files unused this long are removed when a new one is written: each edit of a knowledge base
+# (or a new encoder) leaves a file behind, and another worker may still use a recent one.
+CACHE_KEEP_SECONDS = 30 * 24 * 3600
 
 
 class KnowledgeBaseError(ModelNotFoundError):
@@ -383,6 +387,7 @@ def _cached_vectors(
         try:
             vectors = load_file(str(path))["vectors"]
             if vectors.shape == (len(texts), encoder.hidden_size):
+                _touch(path)
                 return vectors.to(torch.float32)
             log.warning("answer cache %s does not match the knowledge base: encoding again", path)
         except (SafetensorError, OSError, KeyError, ValueError) as exc:  # damaged: recompute
@@ -395,7 +400,28 @@ def _cached_vectors(
         tmp.replace(path)
     except OSError as exc:
         log.warning("cannot write the answer cache %s (%s): the next start encodes again", path, exc)
+        return vectors
+    _prune(path.parent)
     return vectors
+
+
+def _touch(path: Path) -> None:
+    """Mark a cache file as used (its modification time), so that `_prune` keeps it."""
+    try:
+        os.utime(path)
+    except OSError:
+        pass  # a read-only cache still serves
+
+
+def _prune(directory: Path, keep_seconds: float = CACHE_KEEP_SECONDS) -> None:
+    """Remove the cache files of `directory` that no start has used for `keep_seconds`."""
+    cutoff = time.time() - keep_seconds
+    for old in directory.glob("*.safetensors"):
+        try:
+            if old.stat().st_mtime < cutoff:
+                old.unlink()
+        except OSError:  # gone already (another worker pruned it), or not ours to remove
+            continue
 
 
 def _rounded(vectors: torch.Tensor) -> torch.Tensor:

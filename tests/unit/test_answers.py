@@ -438,6 +438,35 @@ def test_cache_miss_hit_and_corrupt(tmp_path: Path, minilm: Encoder, monkeypatch
     assert phrasings_only.answer_vectors is None and calls == [4, 5, 4]  # w = 0: answers not needed
 
 
+def test_cache_files_unused_for_long_are_pruned(tmp_path: Path, minilm: Encoder) -> None:
+    """Writing a cache file removes the ones no start has used for CACHE_KEEP_SECONDS; a hit marks its
+    file as used, so a knowledge base that is still loaded keeps its file however old it is."""
+    import os
+    import time
+
+    from pipelines.answers import CACHE_KEEP_SECONDS
+
+    cache = tmp_path / "cache"
+    path = write_kb(tmp_path / "kb.jsonl", KB_LINES)
+    settings = AnswerSettings(path, answer_weight=0.0)
+    KnowledgeBase.load(settings, minilm, cache_dir=cache)
+    (in_use,) = cache.iterdir()
+    stale, recent, other = cache / "0123-stale.safetensors", cache / "4567-recent.safetensors", cache / "notes.txt"
+    for file in (stale, recent, other):
+        file.write_bytes(b"x")
+    long_ago = time.time() - CACHE_KEEP_SECONDS - 3600
+    for file in (in_use, stale, other):
+        os.utime(file, (long_ago, long_ago))
+    KnowledgeBase.load(settings, minilm, cache_dir=cache)  # a hit: in_use is marked as used
+    assert in_use.stat().st_mtime > long_ago + 3600 and stale.exists()
+
+    write_kb(path, [*KB_LINES, {"id": "new", "question": "Do you sell gift cards?", "answer": "Yes."}])
+    KnowledgeBase.load(settings, minilm, cache_dir=cache)  # a new file is written: the stale one goes
+    assert not stale.exists()
+    assert in_use.exists() and recent.exists() and other.exists()  # used lately, or not a cache file
+    assert len(list(cache.glob("*.safetensors"))) == 3
+
+
 def test_an_in_memory_encoder_is_not_cached(tmp_path: Path, bert, tokenizer) -> None:
     encoder = Encoder(EncoderSettings(device="cpu", precision="fp32", threads=1), model=bert, tokenizer=tokenizer)
     path = write_kb(tmp_path / "kb.jsonl", KB_LINES)
