@@ -30,10 +30,13 @@ def throughput(
     instances: int | None = None,
 ) -> dict[str, Any]:
     """Texts/s of predict() in chunks of `batch`, over whole passes of `texts` (cycled) until both
-    `min_seconds` have passed and `min_texts` were classified. One chunk of warm-up first.
+    `min_seconds` have passed and `min_texts` (at least one chunk) were classified. One chunk of
+    warm-up first.
 
     As in the worker, `instances` (default: the encoder's) chunks run at once, one thread each."""
     instances = max(1, instances or getattr(classifier.encoder, "instances", 1))
+    # At least one chunk: on a busy machine the threads can start after min_seconds has passed.
+    min_texts = max(min_texts, batch)
     classifier.predict(texts[:batch], tasks)
     lock = threading.Lock()
     state = {"next": 0, "done": 0, "calls": 0}

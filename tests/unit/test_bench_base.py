@@ -41,3 +41,6 @@ def test_model_throughput_reports_cpu_seconds_per_event() -> None:
     classifier = base_sized_classifier("fp32", ["spam"], "cpu")
     figure = throughput(classifier, ["a short text", "another one"], ["spam"], batch=2, min_seconds=0.01, instances=1)
     assert figure["texts"] >= 2 and figure["cpu_seconds_per_event"] > 0
+    # min_seconds already passed when the threads start (as on a busy machine): still one chunk
+    figure = throughput(classifier, ["a short text", "another one"], ["spam"], batch=2, min_seconds=0, instances=2)
+    assert figure["texts"] >= 2 and figure["calls"] >= 1 and figure["cpu_seconds_per_event"] > 0
