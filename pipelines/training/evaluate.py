@@ -118,17 +118,23 @@ def metric(result: dict[str, Any], name: str) -> float:
     return result[name]
 
 
+def tfidf_vectorizer(analyzer: str = "word") -> Any:
+    """The baselines' TF-IDF: "word": word 1-2-grams; "char": character 1-3-grams (for text without spaces)."""
+    from sklearn.feature_extraction.text import TfidfVectorizer
+
+    ngrams = (1, 3) if analyzer == "char" else (1, 2)
+    return TfidfVectorizer(analyzer=analyzer, ngram_range=ngrams, sublinear_tf=True, min_df=2)
+
+
 def tfidf_baselines(
     train: list[datasets.Example], test_texts: list[str], analyzer: str = "word"
 ) -> dict[str, tuple[list[str], float]]:
-    """`analyzer` "word": word 1-2-grams; "char": character 1-3-grams (for text without spaces)."""
-    from sklearn.feature_extraction.text import TfidfVectorizer
+    """TF-IDF (`tfidf_vectorizer(analyzer)`) + logistic regression and + a linear SVM."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.svm import LinearSVC
 
     t0 = time.time()
-    ngrams = (1, 3) if analyzer == "char" else (1, 2)
-    vec = TfidfVectorizer(analyzer=analyzer, ngram_range=ngrams, sublinear_tf=True, min_df=2)
+    vec = tfidf_vectorizer(analyzer)
     x_train = vec.fit_transform([t for t, _ in train])
     x_test = vec.transform(test_texts)
     y_train = [label for _, label in train]
